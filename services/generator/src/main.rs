@@ -1,1 +1,66 @@
-fn main() {}
+//! Entry point: parse flags, load configuration, set up logging, run until done or signalled.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use generator::config::{self, Cli};
+use generator::{startup, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::load(&cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("generator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    match startup::run_until_stopped(settings, shutdown_signal()).await {
+        Ok(summary) => {
+            tracing::info!(
+                seed = summary.seed,
+                files = summary.files,
+                rows = summary.published.rows,
+                valid = summary.published.valid,
+                late = summary.published.late,
+                duplicates = summary.published.duplicates,
+                invalid = summary.published.invalid,
+                invalid_by_reason = %serde_json::to_string(&summary.published.invalid_by_reason).unwrap_or_default(),
+                discarded_rows = summary.discarded_rows,
+                elapsed_seconds = summary.elapsed_seconds,
+                rows_per_second = summary.rows_per_second(),
+                "Generator finished"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error.cause_chain = ?e, error.message = %e, "Generator failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the generator");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -27,3 +27,17 @@ pub struct Event {
     /// When it happened, at microsecond precision (what PostgreSQL stores).
     pub event_timestamp: EventTimestamp,
 }
+
+impl Event {
+    /// The event's fields as CSV text, in canonical column order ([`crate::COLUMNS`]).
+    pub fn to_fields(&self) -> [String; 6] {
+        [
+            self.event_id.to_string(),
+            self.user_id.to_string(),
+            self.product_id.to_string(),
+            self.event_type.to_string(),
+            self.price.map(|p| p.to_string()).unwrap_or_default(),
+            self.event_timestamp.to_string(),
+        ]
+    }
+}

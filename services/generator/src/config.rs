@@ -1,0 +1,372 @@
+//! Generator configuration: built-in defaults < optional TOML file < `GENERATOR_*` environment <
+//! command-line flags, merged by figment, then validated into [`Settings`] so a bad value stops
+//! start-up with a message naming the key and the value.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that configure the generator, e.g. `GENERATOR_RATE`.
+pub const ENV_PREFIX: &str = "GENERATOR_";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Raw settings as layered by figment; every key here is documented in `docs/configuration.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSettings {
+    /// Directory the CSV files are published into (created if missing).
+    pub out: PathBuf,
+    /// Target events per second, over all files.
+    pub rate: f64,
+    /// Rows per file (duplicates and invalid rows included).
+    pub rows: u64,
+    /// Number of files to write, then exit; 0 = run until stopped.
+    pub files: u64,
+    /// Random seed; the same seed gives the same events. Random when absent (and logged).
+    pub seed: Option<u64>,
+    /// RFC 3339 time of the first event; fixes the clock so output is byte-identical across runs.
+    pub start_time: Option<String>,
+    /// Share of rows that break the contract, with a reason chosen at random.
+    pub invalid_ratio: f64,
+    /// Share of rows that re-emit an earlier event (same event_id), also across files.
+    pub duplicate_ratio: f64,
+    /// Share of valid events stamped minutes in the past (late arrivals).
+    pub late_ratio: f64,
+    /// Products in the catalog.
+    pub products: u32,
+    /// Distinct users.
+    pub users: u32,
+    /// Shopping sessions in progress at once (their events interleave).
+    pub sessions: u32,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            out: PathBuf::from("data/incoming"),
+            rate: 1_000.0,
+            rows: 1_000,
+            files: 0,
+            seed: None,
+            start_time: None,
+            invalid_ratio: 0.0,
+            duplicate_ratio: 0.0,
+            late_ratio: 0.0,
+            products: 5_000,
+            users: 100_000,
+            sessions: 500,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Validated settings: every value is in range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// See [`RawSettings::out`].
+    pub out: PathBuf,
+    /// See [`RawSettings::rate`]; positive and finite.
+    pub rate: f64,
+    /// See [`RawSettings::rows`]; at least 1.
+    pub rows: u64,
+    /// See [`RawSettings::files`].
+    pub files: u64,
+    /// See [`RawSettings::seed`].
+    pub seed: Option<u64>,
+    /// See [`RawSettings::start_time`].
+    pub start_time: Option<DateTime<Utc>>,
+    /// See [`RawSettings::invalid_ratio`]; in `[0, 1]`.
+    pub invalid_ratio: f64,
+    /// See [`RawSettings::duplicate_ratio`]; in `[0, 1]`, and with `invalid_ratio` at most 1.
+    pub duplicate_ratio: f64,
+    /// See [`RawSettings::late_ratio`]; in `[0, 1]`.
+    pub late_ratio: f64,
+    /// See [`RawSettings::products`]; at least 1.
+    pub products: u32,
+    /// See [`RawSettings::users`]; at least 1.
+    pub users: u32,
+    /// See [`RawSettings::sessions`]; at least 1.
+    pub sessions: u32,
+    /// See [`RawSettings::log_format`].
+    pub log_format: LogFormat,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named configuration file does not exist.
+    #[error("configuration file `{0}` does not exist")]
+    MissingFile(PathBuf),
+    /// A value could not be read as the key's type (figment names key, value and source).
+    #[error("invalid configuration: {0}")]
+    Layering(#[from] Box<figment::Error>),
+    /// A value has the right type but is out of range.
+    #[error("invalid configuration: key `{key}` = `{value}`: {reason}")]
+    Invalid {
+        /// The configuration key.
+        key: &'static str,
+        /// The offending value as given.
+        value: String,
+        /// What a valid value looks like.
+        reason: &'static str,
+    },
+}
+
+/// Writes realistic synthetic e-commerce event CSV files into a directory, atomically.
+///
+/// Every flag can also be set as `GENERATOR_<FLAG>` (e.g. `GENERATOR_RATE=5000`) or in a TOML
+/// file given with `--config`; flags win over the environment, which wins over the file.
+#[derive(Debug, Default, Parser, Serialize)]
+#[command(name = "generator", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML file with settings (keys as the long flags, with `_` for `-`).
+    #[arg(long, value_name = "FILE", env = "GENERATOR_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory to publish files into [default: data/incoming].
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+    /// Target events per second [default: 1000].
+    #[arg(long, value_name = "EVENTS_PER_SECOND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Rows per file [default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Files to write before exiting; 0 runs until SIGINT/SIGTERM [default: 0].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Random seed: the same seed gives the same events [default: random, logged].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// RFC 3339 time of the first event, for reproducible timestamps [default: now].
+    #[arg(long, value_name = "RFC3339")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// Share of rows that break the contract (0 to 1) [default: 0].
+    #[arg(long, value_name = "RATIO")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_ratio: Option<f64>,
+    /// Share of rows that repeat an earlier event_id (0 to 1) [default: 0].
+    #[arg(long, value_name = "RATIO")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_ratio: Option<f64>,
+    /// Share of events stamped 1 to 30 minutes late (0 to 1) [default: 0].
+    #[arg(long, value_name = "RATIO")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_ratio: Option<f64>,
+    /// Products in the catalog [default: 5000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub products: Option<u32>,
+    /// Distinct users [default: 100000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<u32>,
+    /// Concurrent shopping sessions [default: 500].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u32>,
+    /// Log format [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Layers defaults, the optional TOML file, the environment and the flags, then validates.
+///
+/// # Errors
+/// A [`ConfigError`] naming the key and the value that is wrong.
+pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
+    figment(cli)?
+        .extract::<RawSettings>()
+        .map_err(|e| ConfigError::Layering(Box::new(e)))?
+        .validate()
+}
+
+fn figment(cli: &Cli) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
+    if let Some(path) = &cli.config {
+        figment = figment.merge(Toml::file_exact(existing(path)?));
+    }
+    Ok(figment
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]))
+        .merge(Serialized::defaults(cli)))
+}
+
+fn existing(path: &Path) -> Result<&Path, ConfigError> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ConfigError::MissingFile(path.to_owned()))
+    }
+}
+
+impl RawSettings {
+    /// Checks every value's range.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for the first out-of-range key.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let invalid = |key, value: &dyn std::fmt::Display, reason| ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            reason,
+        };
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(invalid(
+                "rate",
+                &self.rate,
+                "must be a positive number of events per second",
+            ));
+        }
+        for (key, value) in [
+            ("invalid_ratio", self.invalid_ratio),
+            ("duplicate_ratio", self.duplicate_ratio),
+            ("late_ratio", self.late_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(invalid(key, &value, "must be between 0 and 1"));
+            }
+        }
+        if self.invalid_ratio + self.duplicate_ratio > 1.0 {
+            return Err(invalid(
+                "duplicate_ratio",
+                &self.duplicate_ratio,
+                "invalid_ratio + duplicate_ratio must not exceed 1",
+            ));
+        }
+        for (key, value) in [
+            ("rows", self.rows),
+            ("products", u64::from(self.products)),
+            ("users", u64::from(self.users)),
+            ("sessions", u64::from(self.sessions)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, &value, "must be at least 1"));
+            }
+        }
+        let start_time = match &self.start_time {
+            None => None,
+            Some(raw) => Some(
+                DateTime::parse_from_rfc3339(raw)
+                    .map_err(|_| {
+                        invalid(
+                            "start_time",
+                            raw,
+                            "must be an RFC 3339 timestamp with offset",
+                        )
+                    })?
+                    .with_timezone(&Utc),
+            ),
+        };
+        Ok(Settings {
+            out: self.out,
+            rate: self.rate,
+            rows: self.rows,
+            files: self.files,
+            seed: self.seed,
+            start_time,
+            invalid_ratio: self.invalid_ratio,
+            duplicate_ratio: self.duplicate_ratio,
+            late_ratio: self.late_ratio,
+            products: self.products,
+            users: self.users,
+            sessions: self.sessions,
+            log_format: self.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("generator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file("gen.toml", "rate = 10.0\nrows = 20\nfiles = 30\nseed = 1")?;
+            jail.set_env("GENERATOR_ROWS", "200");
+            jail.set_env("GENERATOR_FILES", "300");
+            let settings = load(&cli(&["--config", "gen.toml", "--files", "3000"])).unwrap();
+            assert_eq!(settings.rate, 10.0, "file beats default");
+            assert_eq!(settings.rows, 200, "environment beats file");
+            assert_eq!(settings.files, 3000, "flag beats environment");
+            assert_eq!(settings.seed, Some(1));
+            assert_eq!(settings.products, RawSettings::default().products);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_badly_typed_value_names_key_and_value() {
+        Jail::expect_with(|jail| {
+            jail.set_env("GENERATOR_RATE", "fast");
+            let err = load(&cli(&[])).unwrap_err().to_string();
+            assert!(
+                err.to_lowercase().contains("rate") && err.contains("\"fast\""),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_and_value() {
+        for (args, key, value) in [
+            (&["--rate", "0"][..], "rate", "0"),
+            (&["--invalid-ratio", "1.5"][..], "invalid_ratio", "1.5"),
+            (&["--rows", "0"][..], "rows", "0"),
+            (&["--start-time", "noon"][..], "start_time", "noon"),
+            (
+                &["--invalid-ratio", "0.6", "--duplicate-ratio", "0.5"][..],
+                "duplicate_ratio",
+                "0.5",
+            ),
+        ] {
+            let err = load(&cli(args)).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}` = `{value}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        Jail::expect_with(|jail| {
+            jail.create_file("gen.toml", "rat = 10.0")?;
+            let err = load(&cli(&["--config", "gen.toml"]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("rat"), "{err}");
+            let err = load(&cli(&["--config", "nope.toml"]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,26 @@
+//! The generator: realistic synthetic e-commerce traffic, written as CSV files that appear
+//! atomically in a directory, with knobs to inject the faults a real feed has (invalid rows,
+//! duplicates, late events).
+//!
+//! # Layout
+//! - [`config`]: figment-layered settings (defaults < TOML < `GENERATOR_*` env < flags), validated.
+//! - [`telemetry`]: tracing set-up (text or JSON).
+//! - [`catalog`]: products with stable prices and Zipf popularity; the user base.
+//! - [`sessions`]: shopping sessions walking the view -> cart -> purchase funnel.
+//! - [`faults`]: turning a valid event into a row with one specific contract violation.
+//! - [`rows`]: the seeded row stream mixing events and faults at the configured ratios.
+//! - [`pacing`]: holding the target rate on an absolute schedule.
+//! - [`sink`]: temp file, fsync, link to the final name: atomic publication.
+//! - [`summary`]: what a run produced, for the exit summary line.
+//! - [`startup`]: the write loop and its shutdown.
+
+pub mod catalog;
+pub mod config;
+pub mod faults;
+pub mod pacing;
+pub mod rows;
+pub mod sessions;
+pub mod sink;
+pub mod startup;
+pub mod summary;
+pub mod telemetry;

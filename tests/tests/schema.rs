@@ -1,0 +1,197 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The `sql/` scripts against a real PostgreSQL server: they apply twice, by both ways they are
+//! applied in practice, their constraints hold, the roles get least privilege, and the harness
+//! creates and drops databases cleanly in parallel.
+
+use stack_tests::{apply_sql_scripts, connect, database_url, sql_scripts, TestDatabase};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+/// Inserts one valid purchase and returns how many rows were inserted.
+async fn insert_purchase(client: &Client, event_id: Uuid) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO events (event_id, user_id, product_id, event_type, price, \
+             event_timestamp, source_file_id, source_line) \
+             VALUES ($1, 42, 7, 'purchase', 19.99, '2024-05-01T12:00:00Z', 1, 2) \
+             ON CONFLICT (event_id) DO NOTHING",
+            &[&event_id],
+        )
+        .await
+}
+
+/// Runs `sql` as the `ingestor` role in a transaction that is rolled back afterwards.
+async fn execute_as_ingestor(client: &mut Client, sql: &str) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL ROLE ingestor").await.unwrap();
+    let result = tx.execute(sql, &[]).await;
+    tx.rollback().await.unwrap();
+    result
+}
+
+async fn database_exists(admin: &Client, name: &str) -> bool {
+    admin
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn every_script_applies_twice_in_a_row_with_batch_execute() {
+    // Arrange: create() has applied every script once already.
+    let db = TestDatabase::create().await;
+    let client = db.client().await;
+
+    // Act
+    let second_run = apply_sql_scripts(&client).await;
+
+    // Assert
+    second_run.unwrap();
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' \
+             AND tablename IN ('events', 'ingest_files', 'rejected_rows')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 3);
+}
+
+#[tokio::test]
+async fn every_script_applies_twice_in_a_row_with_psql() {
+    // Arrange: a database that already has the schema, so psql applies everything a second
+    // and a third time (the third run proves the second left things in a re-appliable state).
+    let db = TestDatabase::create().await;
+
+    for run in 1..=2 {
+        for script in sql_scripts() {
+            // Act
+            let output = tokio::process::Command::new("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url, "-f"])
+                .arg(&script)
+                .output()
+                .await
+                .expect("psql must be installed and on PATH");
+
+            // Assert
+            assert!(
+                output.status.success(),
+                "psql run {run} of {} failed with {}:\n{}",
+                script.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_accept_a_valid_row_and_reject_a_purchase_without_price_and_a_duplicate() {
+    // Arrange
+    let db = TestDatabase::create().await;
+    let client = db.client().await;
+    let event_id = Uuid::new_v4();
+
+    // Act
+    let first = insert_purchase(&client, event_id).await;
+    let duplicate = insert_purchase(&client, event_id).await;
+    let without_price = client
+        .execute(
+            "INSERT INTO events (event_id, user_id, product_id, event_type, price, \
+             event_timestamp, source_file_id, source_line) \
+             VALUES ($1, 42, 7, 'purchase', NULL, now(), 1, 3)",
+            &[&Uuid::new_v4()],
+        )
+        .await;
+    let view_without_price = client
+        .execute(
+            "INSERT INTO events (event_id, user_id, product_id, event_type, price, \
+             event_timestamp, source_file_id, source_line) \
+             VALUES ($1, 42, 7, 'view', NULL, now(), 1, 4)",
+            &[&Uuid::new_v4()],
+        )
+        .await;
+
+    // Assert
+    assert_eq!(first.unwrap(), 1);
+    assert_eq!(
+        duplicate.unwrap(),
+        0,
+        "a duplicate event_id must be skipped"
+    );
+    let error = without_price.expect_err("a purchase without price must be rejected");
+    assert_eq!(error.code(), Some(&SqlState::CHECK_VIOLATION));
+    assert_eq!(
+        error.as_db_error().and_then(|e| e.constraint()),
+        Some("events_price_required")
+    );
+    assert_eq!(view_without_price.unwrap(), 1, "a view may have no price");
+}
+
+#[tokio::test]
+async fn the_ingestor_role_can_append_events_but_not_delete_them_or_create_tables() {
+    // Arrange
+    let db = TestDatabase::create().await;
+    let mut client = db.client().await;
+    let event_id = Uuid::new_v4();
+
+    // Act: insert and read back in one transaction as the ingestor.
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL ROLE ingestor").await.unwrap();
+    let inserted = insert_purchase(tx.client(), event_id).await;
+    let seen = tx
+        .query(
+            "SELECT event_id FROM events WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await;
+    tx.rollback().await.unwrap();
+    let delete = execute_as_ingestor(&mut client, "DELETE FROM events").await;
+    let create_table = execute_as_ingestor(&mut client, "CREATE TABLE x (i int)").await;
+
+    // Assert
+    assert_eq!(inserted.unwrap(), 1);
+    assert_eq!(seen.unwrap().len(), 1);
+    assert_eq!(
+        delete.expect_err("ingestor must not delete events").code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    assert_eq!(
+        create_table
+            .expect_err("ingestor must not create tables")
+            .code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+}
+
+#[tokio::test]
+async fn test_databases_are_created_concurrently_and_gone_after_drop() {
+    // Arrange
+    let admin = connect(&database_url()).await.unwrap();
+
+    // Act: two databases at once exercise the concurrent role creation in 001_roles.sql.
+    let (first, second) = tokio::join!(TestDatabase::create(), TestDatabase::create());
+    let first_name = first.name.clone();
+    let second_name = second.name.clone();
+    let both_existed =
+        database_exists(&admin, &first_name).await && database_exists(&admin, &second_name).await;
+    // Leave a connection open: Drop must terminate it, not fail on it.
+    let _open = first.client().await;
+    drop(first);
+
+    // Assert
+    assert_ne!(first_name, second_name);
+    assert!(both_existed, "both test databases must exist while in use");
+    assert!(
+        !database_exists(&admin, &first_name).await,
+        "a dropped TestDatabase must remove its database"
+    );
+    assert!(database_exists(&admin, &second_name).await);
+}
