@@ -299,6 +299,8 @@ impl RawSettings {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures return its large error type by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
