@@ -91,6 +91,9 @@ pub enum HeaderError {
     /// An unknown column, under [`ExtraColumnPolicy::Fail`].
     #[error("header has unknown column `{0}` and extra columns are not allowed")]
     UnknownColumn(String),
+    /// The header line is longer than the reader's byte cap.
+    #[error("header line is longer than {0} bytes")]
+    TooLong(usize),
 }
 
 impl HeaderError {
@@ -101,6 +104,7 @@ impl HeaderError {
             HeaderError::MissingColumn(_) => "header_missing_column",
             HeaderError::DuplicateColumn(_) => "header_duplicate_column",
             HeaderError::UnknownColumn(_) => "header_unknown_column",
+            HeaderError::TooLong(_) => "header_too_long",
         }
     }
 }

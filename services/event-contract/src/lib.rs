@@ -12,6 +12,8 @@
 //! - [`reject`]: [`RejectReason`] codes (a bounded set, safe as metric labels) and [`Rejection`].
 //! - [`layout`]: the CSV header, [`HeaderLayout`] (columns matched by name) and
 //!   [`parse_record`], the single place a record becomes an event.
+//! - [`records`]: [`RecordReader`], which splits bytes into CSV records with their raw text and
+//!   a size cap (the memory bound for hostile input).
 //! - [`reader`]: [`EventReader`], a streaming reader of a whole CSV file.
 //! - [`writer`]: [`EventWriter`], which writes events in the canonical layout.
 #![warn(missing_docs)]
@@ -19,6 +21,7 @@
 pub mod domain;
 pub mod layout;
 pub mod reader;
+pub mod records;
 pub mod reject;
 pub mod writer;
 
@@ -29,6 +32,7 @@ pub use domain::{
 pub use layout::{
     parse_record, Column, ExtraColumnPolicy, HeaderError, HeaderLayout, COLUMNS, HEADER_LINE,
 };
-pub use reader::{EventReader, ParsedRow, ReadError};
+pub use reader::{EventReader, ParsedRow, ReadError, RowRef};
+pub use records::{RawRecord, RecordReader, DEFAULT_MAX_RECORD_BYTES};
 pub use reject::{RejectReason, Rejection};
 pub use writer::EventWriter;

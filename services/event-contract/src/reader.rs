@@ -1,20 +1,30 @@
 //! Streaming reader of a whole event CSV file: header first, then one outcome per record.
 //!
-//! It holds one record at a time, so memory stays flat however large the file is.
+//! Memory is bounded by the record size cap, however large or hostile the file is.
 
-use std::io::Read;
-
-use csv::ByteRecord;
+use std::io::{self, Read};
 
 use crate::domain::{Event, ValidationContext};
 use crate::layout::{parse_record, ExtraColumnPolicy, HeaderError, HeaderLayout};
-use crate::reject::Rejection;
+use crate::records::{RawRecord, RecordReader, DEFAULT_MAX_RECORD_BYTES};
+use crate::reject::{RejectReason, Rejection};
 
-/// A data record's outcome and where it started in the file.
+/// A data record's outcome and where it started in the file (owned form).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedRow {
     /// 1-based line number where the record starts (the header is line 1).
     pub line: u64,
+    /// The event, or why the record breaks the contract.
+    pub outcome: Result<Event, Rejection>,
+}
+
+/// A data record's outcome with the raw bytes it was read from (borrowed from the reader).
+#[derive(Debug)]
+pub struct RowRef<'a> {
+    /// 1-based line number where the record starts.
+    pub line: u64,
+    /// The record as it appeared, without terminator (only a prefix when over the size cap).
+    pub raw: &'a [u8],
     /// The event, or why the record breaks the contract.
     pub outcome: Result<Event, Rejection>,
 }
@@ -30,19 +40,30 @@ pub enum ReadError {
     Header(#[from] HeaderError),
     /// The underlying reader failed.
     #[error("cannot read file: {0}")]
-    Io(#[from] csv::Error),
+    Io(#[from] io::Error),
+}
+
+impl ReadError {
+    /// A stable machine-readable code, for ledgers and metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReadError::Empty => "empty_file",
+            ReadError::Header(e) => e.code(),
+            ReadError::Io(_) => "io_error",
+        }
+    }
 }
 
 /// Reads event records from any byte stream.
 pub struct EventReader<R> {
-    csv: csv::Reader<R>,
+    records: RecordReader<R>,
     layout: HeaderLayout,
     ctx: ValidationContext,
-    record: ByteRecord,
+    max_record_bytes: usize,
 }
 
 impl<R: Read> EventReader<R> {
-    /// Reads and checks the header line.
+    /// Reads and checks the header line, with the default record size cap.
     ///
     /// # Errors
     /// [`ReadError::Empty`], [`ReadError::Header`] or [`ReadError::Io`].
@@ -51,21 +72,33 @@ impl<R: Read> EventReader<R> {
         ctx: ValidationContext,
         policy: ExtraColumnPolicy,
     ) -> Result<Self, ReadError> {
-        let mut csv = csv::ReaderBuilder::new()
-            .has_headers(false)
-            // Records of the wrong width are the contract's `wrong_field_count`, not a read error.
-            .flexible(true)
-            .from_reader(input);
-        let mut header = ByteRecord::new();
-        if !csv.read_byte_record(&mut header)? {
-            return Err(ReadError::Empty);
-        }
-        let layout = HeaderLayout::from_header(&header, policy)?;
+        EventReader::with_max_record_bytes(input, ctx, policy, DEFAULT_MAX_RECORD_BYTES)
+    }
+
+    /// Reads and checks the header line; records over `max_record_bytes` are rejected as
+    /// [`RejectReason::LineTooLong`] without being buffered.
+    ///
+    /// # Errors
+    /// [`ReadError::Empty`], [`ReadError::Header`] or [`ReadError::Io`].
+    pub fn with_max_record_bytes(
+        input: R,
+        ctx: ValidationContext,
+        policy: ExtraColumnPolicy,
+        max_record_bytes: usize,
+    ) -> Result<Self, ReadError> {
+        let mut records = RecordReader::new(input, max_record_bytes);
+        let layout = match records.read_record()? {
+            None => return Err(ReadError::Empty),
+            Some(RawRecord::TooLong { .. }) => {
+                return Err(HeaderError::TooLong(max_record_bytes).into())
+            }
+            Some(RawRecord::Fields { record, .. }) => HeaderLayout::from_header(record, policy)?,
+        };
         Ok(EventReader {
-            csv,
+            records,
             layout,
             ctx,
-            record: ByteRecord::new(),
+            max_record_bytes,
         })
     }
 
@@ -74,9 +107,37 @@ impl<R: Read> EventReader<R> {
         &self.layout
     }
 
-    /// The last record read, as raw fields (for storing a rejected row).
-    pub fn last_record(&self) -> &ByteRecord {
-        &self.record
+    /// Bytes consumed from the input so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.records.bytes_read()
+    }
+
+    /// The next record with its raw text, or `None` at the end of the file.
+    ///
+    /// # Errors
+    /// [`ReadError::Io`] when the underlying reader fails.
+    pub fn read_row(&mut self) -> Result<Option<RowRef<'_>>, ReadError> {
+        let cap = self.max_record_bytes;
+        Ok(match self.records.read_record()? {
+            None => None,
+            Some(RawRecord::Fields { line, raw, record }) => Some(RowRef {
+                line,
+                raw,
+                outcome: parse_record(record, &self.layout, &self.ctx),
+            }),
+            Some(RawRecord::TooLong {
+                line,
+                raw_prefix,
+                bytes,
+            }) => Some(RowRef {
+                line,
+                raw: raw_prefix,
+                outcome: Err(Rejection::record(
+                    RejectReason::LineTooLong,
+                    format!("record of {bytes} bytes exceeds the {cap}-byte limit"),
+                )),
+            }),
+        })
     }
 }
 
@@ -84,14 +145,13 @@ impl<R: Read> Iterator for EventReader<R> {
     type Item = Result<ParsedRow, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.csv.read_byte_record(&mut self.record) {
-            Ok(false) => None,
-            Err(e) => Some(Err(e.into())),
-            Ok(true) => {
-                let line = self.record.position().map_or(0, |p| p.line());
-                let outcome = parse_record(&self.record, &self.layout, &self.ctx);
-                Some(Ok(ParsedRow { line, outcome }))
-            }
-        }
+        self.read_row()
+            .map(|row| {
+                row.map(|r| ParsedRow {
+                    line: r.line,
+                    outcome: r.outcome,
+                })
+            })
+            .transpose()
     }
 }

@@ -29,11 +29,13 @@ pub enum RejectReason {
     FutureTimestamp,
     /// A field is not valid UTF-8.
     NotUtf8,
+    /// The record is longer than the reader's byte cap; its content was skipped.
+    LineTooLong,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order: the complete label set for metrics.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::WrongFieldCount,
         RejectReason::MissingField,
         RejectReason::BadUuid,
@@ -43,6 +45,7 @@ impl RejectReason {
         RejectReason::BadTimestamp,
         RejectReason::FutureTimestamp,
         RejectReason::NotUtf8,
+        RejectReason::LineTooLong,
     ];
 
     /// The stable snake_case code stored in the database and used as a metric label.
@@ -57,6 +60,7 @@ impl RejectReason {
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::FutureTimestamp => "future_timestamp",
             RejectReason::NotUtf8 => "not_utf8",
+            RejectReason::LineTooLong => "line_too_long",
         }
     }
 

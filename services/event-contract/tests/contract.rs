@@ -43,7 +43,12 @@ fn the_reference_line_is_valid() {
 
 #[test]
 fn every_reason_code_has_a_concrete_bad_line() {
-    let cases: [(&[u8], RejectReason); 16] = [
+    let too_long = format!(
+        "6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,{},1001,view,,2026-11-21T11:59:00Z",
+        "9".repeat(70_000)
+    );
+    let cases: [(&[u8], RejectReason); 17] = [
+        (too_long.as_bytes(), RejectReason::LineTooLong),
         (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99", RejectReason::WrongFieldCount),
         (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99,2026-11-21T11:59:00Z,x", RejectReason::WrongFieldCount),
         (b",42,1001,purchase,19.99,2026-11-21T11:59:00Z", RejectReason::MissingField),

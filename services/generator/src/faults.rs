@@ -86,6 +86,10 @@ pub fn corrupt(event: &Event, reason: RejectReason, rng: &mut impl Rng) -> Vec<V
                 .unwrap_or(&Column::EventType);
             fields[at(column)].extend_from_slice(b"\xff\xfe");
         }
+        RejectReason::LineTooLong => {
+            // Not injected (see `rows::INJECTED_REASONS`); a long field would make it one.
+            fields[at(Column::UserId)] = vec![b'9'; event_contract::DEFAULT_MAX_RECORD_BYTES + 1];
+        }
     }
     fields
 }

@@ -19,6 +19,19 @@ use crate::sessions::Sessions;
 const DUPLICATE_WINDOW: usize = 8_192;
 /// Late events are stamped up to this many seconds in the past.
 const MAX_LATENESS_SECONDS: i64 = 30 * 60;
+/// The reasons the generator injects: every contract violation a producer can make in a normal
+/// row. `line_too_long` is left out: its rows would be 64 KiB each and drown the output.
+pub const INJECTED_REASONS: [RejectReason; 9] = [
+    RejectReason::WrongFieldCount,
+    RejectReason::MissingField,
+    RejectReason::BadUuid,
+    RejectReason::BadInteger,
+    RejectReason::UnknownEventType,
+    RejectReason::BadPrice,
+    RejectReason::BadTimestamp,
+    RejectReason::FutureTimestamp,
+    RejectReason::NotUtf8,
+];
 /// Late events are stamped at least this many seconds in the past.
 const MIN_LATENESS_SECONDS: i64 = 60;
 
@@ -79,7 +92,7 @@ impl RowSource {
     pub fn next_row(&mut self, index: u64) -> Row {
         let draw: f64 = self.rng.random();
         if draw < self.invalid_ratio {
-            let reason = RejectReason::ALL[self.rng.random_range(0..RejectReason::ALL.len())];
+            let reason = INJECTED_REASONS[self.rng.random_range(0..INJECTED_REASONS.len())];
             let event = self.new_event(index, false);
             return Row::Invalid {
                 reason,
@@ -160,7 +173,7 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            RejectReason::ALL.len(),
+            INJECTED_REASONS.len(),
             "every reason is injected"
         );
     }

@@ -1,5 +1,5 @@
 //! Publishing files atomically: write under a hidden temp name in the output directory, fsync,
-//! then link it to its final name, so a reader never sees a partial file and a crash never
+//! then rename it to its final name (never replacing another file), so a reader never sees a partial file and a crash never
 //! leaves a visible one.
 
 use std::fs::{self, File};
@@ -112,8 +112,6 @@ impl PendingFile {
             .with_context(|| format!("cannot fsync {}", self.temp_path.display()))?;
         drop(file);
         let final_path = self.link_to_final_name(dir)?;
-        fs::remove_file(&self.temp_path)
-            .with_context(|| format!("cannot remove {}", self.temp_path.display()))?;
         sync_dir(dir)?;
         Ok(final_path)
     }
@@ -122,23 +120,10 @@ impl PendingFile {
         for _ in 0..NAME_ATTEMPTS {
             let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3f");
             let final_path = dir.join(format!("events_{stamp}_{:06}.csv", self.seq));
-            // A hard link is an atomic "rename that never replaces": two generators sharing a
-            // directory cannot overwrite each other's unread files, which rename(2) would allow.
-            match fs::hard_link(&self.temp_path, &final_path) {
+            match publish_no_replace(&self.temp_path, &final_path) {
                 Ok(()) => return Ok(final_path),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(e) if !final_path.exists() && link_unsupported(&e) => {
-                    // Some mounted filesystems have no hard links; rename is still atomic there.
-                    fs::rename(&self.temp_path, &final_path).with_context(|| {
-                        format!(
-                            "cannot rename {} to {}",
-                            self.temp_path.display(),
-                            final_path.display()
-                        )
-                    })?;
-                    return Ok(final_path);
                 }
                 Err(e) => {
                     return Err(e)
@@ -153,6 +138,24 @@ impl PendingFile {
     }
 }
 
+/// Moves `from` to `to` atomically without ever replacing an existing `to`, so two generators
+/// sharing a directory cannot overwrite each other's unread files (plain rename(2) would).
+///
+/// `renameat2(RENAME_NOREPLACE)` is preferred: watchers see it as a rename into the directory
+/// (`IN_MOVED_TO`), the signal that a file is complete. Filesystems without that flag get a hard
+/// link (also atomic and never replacing) and the temp name is removed afterwards.
+fn publish_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if self.temp_path.exists() {
@@ -161,14 +164,6 @@ impl Drop for PendingFile {
             }
         }
     }
-}
-
-fn link_unsupported(e: &io::Error) -> bool {
-    // Filesystems without hard links answer EPERM (vfat, some FUSE mounts) or ENOTSUP.
-    matches!(
-        e.kind(),
-        io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
-    )
 }
 
 /// Makes the directory entry durable: without it a crash right after publishing could lose the
