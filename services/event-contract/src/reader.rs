@@ -112,6 +112,11 @@ impl<R: Read> EventReader<R> {
         self.records.bytes_read()
     }
 
+    /// The underlying input (after the last record, it has been read to its end).
+    pub fn into_inner(self) -> R {
+        self.records.into_inner()
+    }
+
     /// The next record with its raw text, or `None` at the end of the file.
     ///
     /// # Errors

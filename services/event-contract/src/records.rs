@@ -94,6 +94,11 @@ impl<R: Read> RecordReader<R> {
         self.bytes_read
     }
 
+    /// The underlying input.
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
     /// The next record, or `None` at the end of the input.
     ///
     /// # Errors

@@ -1,0 +1,455 @@
+//! Ingestor configuration: built-in defaults < optional TOML file (`--config`) < `INGESTOR_*`
+//! environment (and `DATABASE_URL`) < command-line flags, merged by figment and validated into
+//! [`Settings`], so a bad value stops start-up with a message naming the key and the value.
+//! Every key is documented in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use event_contract::ExtraColumnPolicy;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::GlobalArgs;
+
+/// Prefix of the environment variables that configure the ingestor, e.g. `INGESTOR_INPUT_DIR`.
+pub const ENV_PREFIX: &str = "INGESTOR_";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What happens to a file once its transaction committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterLoad {
+    /// Move it to the archive directory.
+    #[default]
+    Archive,
+    /// Delete it.
+    Delete,
+}
+
+/// What to do with header columns the contract does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraColumns {
+    /// Ignore them.
+    #[default]
+    Ignore,
+    /// Fail the file.
+    Fail,
+}
+
+/// Raw settings as layered by figment. Durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSettings {
+    /// Directory watched for event files.
+    pub input_dir: PathBuf,
+    /// Where loaded files are moved (default: `<input_dir>/processed`).
+    pub archive_dir: Option<PathBuf>,
+    /// Where files that cannot be loaded are moved (default: `<input_dir>/failed`).
+    pub failed_dir: Option<PathBuf>,
+    /// `archive` or `delete` loaded files.
+    pub after_load: AfterLoad,
+    /// PostgreSQL connection string (URL or key=value).
+    pub database_url: String,
+    /// HTTP listen address for /metrics, /healthz, /readyz.
+    pub listen: String,
+    /// Name of this instance in the ledger's `claimed_by` (default: host name and pid).
+    pub instance_id: Option<String>,
+    /// Full rescan of the input directory every this many ms (inotify covers the rest).
+    pub rescan_interval_ms: u64,
+    /// A file not announced by inotify (rename into / close after write) is only taken when its
+    /// modification time is at least this old, so a file still being written is not read.
+    pub settle_ms: u64,
+    /// Longest accepted record in bytes; longer ones are rejected as `line_too_long`.
+    pub max_line_bytes: usize,
+    /// `ignore` or `fail` header columns the contract does not know.
+    pub extra_columns: ExtraColumns,
+    /// Fail a whole file whose rejected share exceeds this ratio (0 to 1); unset = never.
+    pub max_reject_ratio: Option<f64>,
+    /// How far in the future an event timestamp may be, in seconds.
+    pub max_future_skew_seconds: u64,
+    /// Rows per COPY chunk: the unit of streaming and of the memory bound.
+    pub chunk_rows: usize,
+    /// At most this many files in one transaction when a backlog builds.
+    pub batch_max_files: usize,
+    /// A batch closes once it holds this many rows.
+    pub batch_max_rows: u64,
+    /// Database connections in the pool.
+    pub pool_size: u32,
+    /// Timeout to connect to PostgreSQL (and to wait for a pooled connection), ms.
+    pub connect_timeout_ms: u64,
+    /// Server-side `statement_timeout` of the ingestor's sessions, ms.
+    pub statement_timeout_ms: u64,
+    /// Server-side `idle_in_transaction_session_timeout` of the ingestor's sessions, ms.
+    pub idle_in_transaction_timeout_ms: u64,
+    /// First retry delay after a database error, ms (doubles up to `retry_max_ms`, with jitter).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, ms.
+    pub retry_max_ms: u64,
+    /// On SIGTERM/SIGINT, how long work in flight may take to commit, ms.
+    pub drain_timeout_ms: u64,
+    /// Ledger entries older than this many days are pruned (0 = keep forever).
+    pub ledger_retention_days: u32,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            input_dir: PathBuf::from("data/incoming"),
+            archive_dir: None,
+            failed_dir: None,
+            after_load: AfterLoad::Archive,
+            database_url: "postgres://ingestor@127.0.0.1:5432/events".into(),
+            listen: "127.0.0.1:9100".into(),
+            instance_id: None,
+            rescan_interval_ms: 1_000,
+            settle_ms: 2_000,
+            max_line_bytes: event_contract::DEFAULT_MAX_RECORD_BYTES,
+            extra_columns: ExtraColumns::Ignore,
+            max_reject_ratio: None,
+            max_future_skew_seconds: 300,
+            chunk_rows: 8_192,
+            batch_max_files: 32,
+            batch_max_rows: 200_000,
+            pool_size: 4,
+            connect_timeout_ms: 5_000,
+            statement_timeout_ms: 60_000,
+            idle_in_transaction_timeout_ms: 60_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            drain_timeout_ms: 10_000,
+            ledger_retention_days: 30,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory watched for event files.
+    pub input_dir: PathBuf,
+    /// Where loaded files go (`after_load = archive`).
+    pub archive_dir: PathBuf,
+    /// Where files that cannot be loaded go.
+    pub failed_dir: PathBuf,
+    /// Archive or delete loaded files.
+    pub after_load: AfterLoad,
+    /// Parsed connection settings.
+    pub database: tokio_postgres::Config,
+    /// The connection string with any password masked, for logs.
+    pub database_display: String,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// This instance's name in the ledger.
+    pub instance_id: String,
+    /// Periodic rescan interval.
+    pub rescan_interval: Duration,
+    /// Minimum age of an unannounced file.
+    pub settle: Duration,
+    /// Record size cap.
+    pub max_line_bytes: usize,
+    /// Extra header columns policy.
+    pub extra_columns: ExtraColumnPolicy,
+    /// Error budget per file.
+    pub max_reject_ratio: Option<f64>,
+    /// Tolerated clock skew of event timestamps.
+    pub max_future_skew: chrono::Duration,
+    /// Rows per COPY chunk.
+    pub chunk_rows: usize,
+    /// Files per transaction under backlog.
+    pub batch_max_files: usize,
+    /// Rows per transaction under backlog.
+    pub batch_max_rows: u64,
+    /// Pool size.
+    pub pool_size: u32,
+    /// Connect / pool checkout timeout.
+    pub connect_timeout: Duration,
+    /// Server-side statement timeout.
+    pub statement_timeout: Duration,
+    /// Server-side idle-in-transaction timeout.
+    pub idle_in_transaction_timeout: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Drain timeout at shutdown.
+    pub drain_timeout: Duration,
+    /// Ledger retention (`None` = forever).
+    pub ledger_retention_days: Option<u32>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named configuration file does not exist.
+    #[error("configuration file `{0}` does not exist")]
+    MissingFile(PathBuf),
+    /// A value could not be read as the key's type (figment names key, value and source).
+    #[error("invalid configuration: {0}")]
+    Layering(#[from] Box<figment::Error>),
+    /// A value has the right type but is unusable.
+    #[error("invalid configuration: key `{key}` = `{value}`: {reason}")]
+    Invalid {
+        /// The configuration key.
+        key: &'static str,
+        /// The offending value as given (passwords masked).
+        value: String,
+        /// What a valid value looks like.
+        reason: String,
+    },
+}
+
+/// Layers defaults, the TOML file, the environment and the flags, then validates.
+///
+/// # Errors
+/// A [`ConfigError`] naming the key and the value that is wrong.
+pub fn load(args: &GlobalArgs) -> Result<Settings, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
+    if let Some(path) = &args.config {
+        figment = figment.merge(Toml::file_exact(existing(path)?));
+    }
+    figment
+        .merge(
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "database_url".into()),
+        )
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]))
+        .merge(Serialized::defaults(args))
+        .extract::<RawSettings>()
+        .map_err(|e| ConfigError::Layering(Box::new(e)))?
+        .validate()
+}
+
+fn existing(path: &Path) -> Result<&Path, ConfigError> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ConfigError::MissingFile(path.to_owned()))
+    }
+}
+
+fn invalid(
+    key: &'static str,
+    value: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Masks the password in a connection string (URL or key=value form) for logs and errors.
+pub fn mask_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:****@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=****"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl RawSettings {
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for the first unusable key.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let database: tokio_postgres::Config = self.database_url.parse().map_err(|e| {
+            invalid(
+                "database_url",
+                mask_password(&self.database_url),
+                format!("not a PostgreSQL connection string ({e})"),
+            )
+        })?;
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                &self.listen,
+                "must be an address like 0.0.0.0:9100",
+            )
+        })?;
+        if let Some(ratio) = self.max_reject_ratio {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(invalid(
+                    "max_reject_ratio",
+                    ratio,
+                    "must be between 0 and 1",
+                ));
+            }
+        }
+        for (key, value) in [
+            ("rescan_interval_ms", self.rescan_interval_ms),
+            ("max_line_bytes", self.max_line_bytes as u64),
+            ("chunk_rows", self.chunk_rows as u64),
+            ("batch_max_files", self.batch_max_files as u64),
+            ("batch_max_rows", self.batch_max_rows),
+            ("pool_size", u64::from(self.pool_size)),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("retry_initial_ms", self.retry_initial_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, value, "must be at least 1"));
+            }
+        }
+        if self.retry_max_ms < self.retry_initial_ms {
+            return Err(invalid(
+                "retry_max_ms",
+                self.retry_max_ms,
+                "must not be below retry_initial_ms",
+            ));
+        }
+        if self.input_dir.as_os_str().is_empty() {
+            return Err(invalid("input_dir", "", "must name a directory"));
+        }
+        let archive_dir = self
+            .archive_dir
+            .unwrap_or_else(|| self.input_dir.join("processed"));
+        let failed_dir = self
+            .failed_dir
+            .unwrap_or_else(|| self.input_dir.join("failed"));
+        let ms = Duration::from_millis;
+        Ok(Settings {
+            database_display: mask_password(&self.database_url),
+            database,
+            listen,
+            instance_id: self.instance_id.unwrap_or_else(default_instance_id),
+            rescan_interval: ms(self.rescan_interval_ms),
+            settle: ms(self.settle_ms),
+            max_line_bytes: self.max_line_bytes,
+            extra_columns: match self.extra_columns {
+                ExtraColumns::Ignore => ExtraColumnPolicy::Ignore,
+                ExtraColumns::Fail => ExtraColumnPolicy::Fail,
+            },
+            max_reject_ratio: self.max_reject_ratio,
+            max_future_skew: chrono::Duration::seconds(
+                i64::try_from(self.max_future_skew_seconds).unwrap_or(i64::MAX / 1_000),
+            ),
+            chunk_rows: self.chunk_rows,
+            batch_max_files: self.batch_max_files,
+            batch_max_rows: self.batch_max_rows,
+            pool_size: self.pool_size,
+            connect_timeout: ms(self.connect_timeout_ms),
+            statement_timeout: ms(self.statement_timeout_ms),
+            idle_in_transaction_timeout: ms(self.idle_in_transaction_timeout_ms),
+            retry_initial: ms(self.retry_initial_ms),
+            retry_max: ms(self.retry_max_ms),
+            drain_timeout: ms(self.drain_timeout_ms),
+            ledger_retention_days: (self.ledger_retention_days > 0)
+                .then_some(self.ledger_retention_days),
+            log_format: self.log_format,
+            input_dir: self.input_dir,
+            archive_dir,
+            failed_dir,
+            after_load: self.after_load,
+        })
+    }
+}
+
+/// `host:pid`: unique per process, and tells an operator where a claim came from.
+fn default_instance_id() -> String {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use figment::Jail;
+
+    fn args(flags: &[&str]) -> GlobalArgs {
+        crate::cli::Cli::parse_from(std::iter::once("ingestor").chain(flags.iter().copied())).global
+    }
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "i.toml",
+                "input_dir = \"/from/file\"\nchunk_rows = 10\npool_size = 9",
+            )?;
+            jail.set_env("INGESTOR_CHUNK_ROWS", "20");
+            jail.set_env("INGESTOR_INPUT_DIR", "/from/env");
+            jail.set_env("DATABASE_URL", "postgres://u:secret@db:5432/x");
+            let s = load(&args(&["--config", "i.toml", "--input-dir", "/from/flag"])).unwrap();
+            assert_eq!(s.pool_size, 9, "file beats default");
+            assert_eq!(s.chunk_rows, 20, "environment beats file");
+            assert_eq!(
+                s.input_dir,
+                PathBuf::from("/from/flag"),
+                "flag beats environment"
+            );
+            assert_eq!(s.archive_dir, PathBuf::from("/from/flag/processed"));
+            assert_eq!(s.database_display, "postgres://u:****@db:5432/x");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_value() {
+        Jail::expect_with(|jail| {
+            jail.set_env("INGESTOR_LISTEN", "nowhere");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(err.contains("`listen` = `nowhere`"), "{err}");
+            jail.set_env("INGESTOR_LISTEN", "127.0.0.1:0");
+            jail.set_env("INGESTOR_CHUNK_ROWS", "many");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(
+                err.to_lowercase().contains("chunk_rows") && err.contains("many"),
+                "{err}"
+            );
+            jail.set_env("INGESTOR_CHUNK_ROWS", "10");
+            jail.set_env("INGESTOR_MAX_REJECT_RATIO", "2");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(err.contains("`max_reject_ratio` = `2`"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_are_masked_in_both_connection_string_forms() {
+        assert_eq!(mask_password("postgres://a:b@h/d"), "postgres://a:****@h/d");
+        assert_eq!(
+            mask_password("host=h password=x user=u"),
+            "host=h password=**** user=u"
+        );
+        assert_eq!(mask_password("postgres://a@h/d"), "postgres://a@h/d");
+    }
+}

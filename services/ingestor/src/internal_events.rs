@@ -1,0 +1,371 @@
+//! Everything the ingestor reports about its work, declared in one place: each event is a struct
+//! whose `emit` writes the log line and moves the metrics together, so a call site cannot log
+//! without counting or count without logging.
+//!
+//! Metric names follow `ingestor_<what>_<unit>`; label values come from bounded sets (outcomes,
+//! reason codes), never from file names or error text.
+
+use std::time::Duration;
+
+use event_contract::RejectReason;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Event-time lag buckets in seconds: late events are minutes old by design.
+const LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+    3600.0,
+];
+/// Outcome label values of `ingestor_files_total`.
+pub const FILE_OUTCOMES: [&str; 3] = ["loaded", "failed", "already_loaded"];
+/// Outcome label values of `ingestor_rows_total`.
+pub const ROW_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
+
+/// The ingestor's metrics, registered in a registry the service owns.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    files: IntCounterVec,
+    rows: IntCounterVec,
+    rows_rejected: IntCounterVec,
+    bytes_read: IntCounter,
+    file_latency: Histogram,
+    event_lag: Histogram,
+    transaction_duration: Histogram,
+    db_errors: IntCounter,
+    retries: IntCounter,
+    backlog_files: IntGauge,
+    backlog_bytes: IntGauge,
+    oldest_file_age: prometheus::Gauge,
+    ready: IntGauge,
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    // Pre-create every series at 0 so dashboards and rate() see them before the first event.
+    for value in values {
+        metric.with_label_values(&[value]);
+    }
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Errors
+    /// Only on a programming error (a duplicate or malformed metric name).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let reasons: Vec<&str> = RejectReason::ALL.iter().map(|r| r.code()).collect();
+        let build_info = IntGauge::with_opts(
+            Opts::new("ingestor_build_info", "Build information; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )?;
+        build_info.set(1);
+        register(&registry, build_info)?;
+        Ok(Metrics {
+            files: counter_vec(
+                &registry,
+                "ingestor_files_total",
+                "Files finished, by outcome.",
+                "outcome",
+                &FILE_OUTCOMES,
+            )?,
+            rows: counter_vec(
+                &registry,
+                "ingestor_rows_total",
+                "Data rows of finished files, by outcome.",
+                "outcome",
+                &ROW_OUTCOMES,
+            )?,
+            rows_rejected: counter_vec(
+                &registry,
+                "ingestor_rows_rejected_total",
+                "Rejected rows, by reason code.",
+                "reason",
+                &reasons,
+            )?,
+            bytes_read: register(
+                &registry,
+                IntCounter::new(
+                    "ingestor_read_bytes_total",
+                    "Bytes of event files read and committed.",
+                )?,
+            )?,
+            file_latency: histogram(
+                &registry,
+                "ingestor_file_commit_latency_seconds",
+                "Time from a file landing (its mtime) to its commit.",
+                LATENCY_BUCKETS,
+            )?,
+            event_lag: histogram(
+                &registry,
+                "ingestor_event_commit_lag_seconds",
+                "Time from an accepted event's timestamp to its commit.",
+                LAG_BUCKETS,
+            )?,
+            transaction_duration: histogram(
+                &registry,
+                "ingestor_transaction_duration_seconds",
+                "Duration of a loading transaction (claim, COPY, commit).",
+                LATENCY_BUCKETS,
+            )?,
+            db_errors: register(
+                &registry,
+                IntCounter::new(
+                    "ingestor_database_errors_total",
+                    "Database errors that rolled a transaction back.",
+                )?,
+            )?,
+            retries: register(
+                &registry,
+                IntCounter::new(
+                    "ingestor_retries_total",
+                    "Transactions retried after a database error.",
+                )?,
+            )?,
+            backlog_files: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_backlog_files",
+                    "Files waiting in the input directory.",
+                )?,
+            )?,
+            backlog_bytes: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_backlog_bytes",
+                    "Bytes waiting in the input directory.",
+                )?,
+            )?,
+            oldest_file_age: register(
+                &registry,
+                prometheus::Gauge::new(
+                    "ingestor_backlog_oldest_file_age_seconds",
+                    "Age of the oldest waiting file.",
+                )?,
+            )?,
+            ready: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_ready",
+                    "1 when the database answers and the watcher runs.",
+                )?,
+            )?,
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only for malformed metrics, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Records readiness as seen by /readyz.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+}
+
+/// A file's line accounting: every data line lands in exactly one bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LineCounts {
+    /// Data lines (records) read, header excluded.
+    pub lines: u64,
+    /// Inserted into `events`.
+    pub accepted: u64,
+    /// Valid, but the event_id was already stored (or repeated in the file).
+    pub duplicates: u64,
+    /// Broke the contract; stored in `rejected_rows`.
+    pub rejected: u64,
+}
+
+/// A file committed with its rows.
+pub struct FileLoaded<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Ledger id.
+    pub file_id: i64,
+    /// Line accounting.
+    pub counts: LineCounts,
+    /// Rejections by reason.
+    pub rejected_by_reason: &'a [(RejectReason, u64)],
+    /// File size.
+    pub bytes: u64,
+    /// Landing (mtime) to commit.
+    pub latency: Duration,
+    /// Event timestamps (seconds ago at commit) of accepted rows, for the lag histogram.
+    pub lags: &'a [f64],
+}
+
+impl FileLoaded<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        let c = self.counts;
+        tracing::info!(
+            file = self.name,
+            file_id = self.file_id,
+            lines = c.lines,
+            accepted = c.accepted,
+            duplicates = c.duplicates,
+            rejected = c.rejected,
+            latency_ms = self.latency.as_millis() as u64,
+            "File loaded"
+        );
+        m.files.with_label_values(&["loaded"]).inc();
+        m.rows.with_label_values(&["accepted"]).inc_by(c.accepted);
+        m.rows
+            .with_label_values(&["duplicate"])
+            .inc_by(c.duplicates);
+        m.rows.with_label_values(&["rejected"]).inc_by(c.rejected);
+        for (reason, n) in self.rejected_by_reason {
+            m.rows_rejected
+                .with_label_values(&[reason.code()])
+                .inc_by(*n);
+        }
+        m.bytes_read.inc_by(self.bytes);
+        m.file_latency.observe(self.latency.as_secs_f64());
+        for lag in self.lags {
+            m.event_lag.observe(*lag);
+        }
+    }
+}
+
+/// A file that cannot be loaded as a whole, recorded in the ledger and moved aside.
+pub struct FileFailed<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Stable reason code.
+    pub reason: &'a str,
+    /// Details.
+    pub message: &'a str,
+}
+
+impl FileFailed<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            file = self.name,
+            reason = self.reason,
+            message = self.message,
+            "File failed; moved to the failed directory"
+        );
+        m.files.with_label_values(&["failed"]).inc();
+    }
+}
+
+/// A file whose content the ledger already knows (re-delivered, or archived before a crash).
+pub struct FileAlreadyLoaded<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Ledger id of the earlier load.
+    pub file_id: i64,
+    /// Its ledger status.
+    pub status: &'a str,
+}
+
+impl FileAlreadyLoaded<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::info!(
+            file = self.name,
+            file_id = self.file_id,
+            status = self.status,
+            "File content already in the ledger; not loaded again"
+        );
+        m.files.with_label_values(&["already_loaded"]).inc();
+    }
+}
+
+/// A transaction committed.
+pub struct BatchCommitted {
+    /// Files in it.
+    pub files: usize,
+    /// Its duration.
+    pub duration: Duration,
+}
+
+impl BatchCommitted {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::debug!(
+            files = self.files,
+            duration_ms = self.duration.as_millis() as u64,
+            "Transaction committed"
+        );
+        m.transaction_duration.observe(self.duration.as_secs_f64());
+    }
+}
+
+/// A transaction rolled back by a database error; it will be retried.
+pub struct DatabaseFailed<'a> {
+    /// The error with its cause chain.
+    pub error: &'a anyhow::Error,
+    /// Delay before the retry.
+    pub retry_in: Duration,
+}
+
+impl DatabaseFailed<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(error.message = %self.error, error.cause_chain = ?self.error, retry_in_ms = self.retry_in.as_millis() as u64, "Database error; transaction rolled back, will retry");
+        m.db_errors.inc();
+        m.retries.inc();
+    }
+}
+
+/// The input directory as seen by the last scan.
+pub struct BacklogObserved {
+    /// Files waiting.
+    pub files: usize,
+    /// Bytes waiting.
+    pub bytes: u64,
+    /// Age of the oldest waiting file.
+    pub oldest_age: Duration,
+}
+
+impl BacklogObserved {
+    /// Sets the gauges.
+    pub fn emit(&self, m: &Metrics) {
+        m.backlog_files
+            .set(i64::try_from(self.files).unwrap_or(i64::MAX));
+        m.backlog_bytes
+            .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        m.oldest_file_age.set(self.oldest_age.as_secs_f64());
+    }
+}

@@ -1,0 +1,27 @@
+//! The ingestor: turns every complete event CSV file in a directory into PostgreSQL rows,
+//! exactly once, across crashes, restarts, database outages and replicas, and accounts for every
+//! line (accepted, duplicate, or rejected with a reason).
+//!
+//! # Layout
+//! - [`cli`], [`config`], [`telemetry`]: command line, layered settings, logging.
+//! - [`source`]: discovery of ready files (inotify + periodic rescan), oldest first.
+//! - [`pipeline`]: [`pipeline::reader`] parses a file into chunks (where a row is parsed, via
+//!   the event contract), [`pipeline::loader`] writes a batch in one transaction,
+//!   [`pipeline::worker`] is the loop with batching, retries and shutdown.
+//! - [`store`]: the PostgreSQL side: pool, ledger (claims), binary COPY (where a row is written).
+//! - [`lifecycle`]: archiving, deleting or failing files after commit.
+//! - [`internal_events`]: every log line and metric the service emits (where a row is counted).
+//! - [`routes`]: `/metrics`, `/healthz`, `/livez`, `/readyz`.
+//! - [`startup`]: wiring and graceful shutdown; [`commands`]: the operator commands.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod internal_events;
+pub mod lifecycle;
+pub mod pipeline;
+pub mod routes;
+pub mod source;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

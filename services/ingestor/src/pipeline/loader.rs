@@ -1,0 +1,286 @@
+//! One transaction for a batch of files: per file a savepoint, a claim in the ledger, the rows
+//! streamed in with binary COPY, and the ledger entry finished; then one COMMIT for the batch.
+//! If anything fails with the database, the whole batch rolls back and nothing of it is stored.
+
+use std::io;
+use std::sync::Arc;
+
+use anyhow::Context;
+use event_contract::RejectReason;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::Transaction;
+use tokio_util::sync::CancellationToken;
+
+use super::reader::{self, count_by_reason, ReadMessage, ReadOptions};
+use super::FileIdentity;
+use crate::config::Settings;
+use crate::internal_events::LineCounts;
+use crate::source::Candidate;
+use crate::store::copy::{copy_events, copy_rejections, keep_new};
+use crate::store::ledger::{self, Claim};
+use crate::store::Pool;
+
+/// Chunks buffered between reader and loader: enough to overlap reading with writing, small
+/// enough that memory stays at a few chunks whatever the file size.
+const CHUNKS_IN_FLIGHT: usize = 2;
+/// Event timestamps kept per file for the lag histogram (a sample for huge files).
+const LAG_SAMPLES_PER_FILE: usize = 4_096;
+
+/// What happened to one file in a batch.
+#[derive(Debug)]
+pub enum FileOutcome {
+    /// Rows committed.
+    Loaded(LoadedFile),
+    /// Recorded as failed (not event CSV, or over the error budget).
+    Failed {
+        /// Ledger id.
+        file_id: i64,
+        /// Stable code.
+        reason: String,
+        /// Details.
+        message: String,
+    },
+    /// The content was already in the ledger.
+    AlreadyKnown {
+        /// Ledger id.
+        file_id: i64,
+        /// `loaded` or `failed`.
+        status: String,
+    },
+    /// Another replica is loading it.
+    Busy,
+    /// It disappeared before it could be read.
+    Vanished,
+    /// It changed or could not be read to the end; nothing of it was kept; try again later.
+    Retry(String),
+}
+
+/// A committed file's accounting.
+#[derive(Debug, Default)]
+pub struct LoadedFile {
+    /// Ledger id.
+    pub file_id: i64,
+    /// Line accounting.
+    pub counts: LineCounts,
+    /// Rejections by reason.
+    pub rejected_by_reason: Vec<(RejectReason, u64)>,
+    /// A sample of accepted events' timestamps (µs since the epoch).
+    pub event_times: Vec<i64>,
+}
+
+impl FileOutcome {
+    fn lines(&self) -> u64 {
+        match self {
+            FileOutcome::Loaded(loaded) => loaded.counts.lines,
+            _ => 0,
+        }
+    }
+}
+
+/// How reading a file ended.
+enum ReadEnd {
+    /// Every row was sent; the identity of what was read.
+    Done(FileIdentity),
+    /// Not event CSV at all.
+    Unreadable {
+        reason: &'static str,
+        message: String,
+    },
+    /// Reading broke off.
+    Interrupted(io::Error),
+}
+
+/// Loads up to `batch_max_files` of `candidates` (fewer once `batch_max_rows` rows are in, or
+/// when shutdown is requested) in one transaction.
+///
+/// # Errors
+/// On any database error; the transaction is then rolled back and the caller retries. An error
+/// at COMMIT leaves the outcome unknown: the retry's claim consults the ledger first.
+pub async fn load_batch(
+    settings: &Arc<Settings>,
+    pool: &Pool,
+    candidates: &[Candidate],
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<(Candidate, FileOutcome)>> {
+    let mut conn = pool
+        .get()
+        .await
+        .context("no database connection available")?;
+    let mut tx = conn
+        .transaction()
+        .await
+        .context("cannot begin a transaction")?;
+    let batch = &candidates[..candidates.len().min(settings.batch_max_files)];
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut rows = 0;
+    // The next file's identity is computed while the current one loads.
+    let mut next = batch.first().map(spawn_identify);
+    for (index, candidate) in batch.iter().enumerate() {
+        let Some(identity) = next.take() else { break };
+        next = batch.get(index + 1).map(spawn_identify);
+        let outcome = match identity.await.context("identify task panicked")? {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
+            Err(e) => FileOutcome::Retry(format!("cannot read: {e}")),
+            Ok(identity) => load_file(&mut tx, settings, candidate, identity).await?,
+        };
+        rows += outcome.lines();
+        outcomes.push((candidate.clone(), outcome));
+        if rows >= settings.batch_max_rows || cancel.is_cancelled() {
+            break;
+        }
+    }
+    tx.commit()
+        .await
+        .context("COMMIT failed; its outcome is unknown until the ledger is read again")?;
+    Ok(outcomes)
+}
+
+fn spawn_identify(candidate: &Candidate) -> JoinHandle<io::Result<FileIdentity>> {
+    let path = candidate.path.clone();
+    tokio::task::spawn_blocking(move || reader::identify(&path))
+}
+
+/// Loads one file inside the batch's transaction, under a savepoint of its own so that a file
+/// that must not be kept can be undone without losing the rest of the batch.
+async fn load_file(
+    tx: &mut Transaction<'_>,
+    settings: &Arc<Settings>,
+    candidate: &Candidate,
+    identity: FileIdentity,
+) -> anyhow::Result<FileOutcome> {
+    let sp = tx
+        .savepoint("file")
+        .await
+        .context("cannot create a savepoint")?;
+    let file_id =
+        match ledger::claim(&sp, &identity, &candidate.name, &settings.instance_id).await? {
+            Claim::Busy => {
+                sp.rollback()
+                    .await
+                    .context("cannot roll back to the savepoint")?;
+                return Ok(FileOutcome::Busy);
+            }
+            Claim::Known { file_id, status } => {
+                sp.commit().await.context("cannot release the savepoint")?;
+                return Ok(FileOutcome::AlreadyKnown { file_id, status });
+            }
+            Claim::Claimed { file_id } => file_id,
+        };
+    let (end, loaded) = stream_file(&sp, settings, candidate, file_id).await?;
+    let failure = match end {
+        ReadEnd::Done(read) if read != identity => {
+            sp.rollback()
+                .await
+                .context("cannot roll back to the savepoint")?;
+            return Ok(FileOutcome::Retry(
+                "content changed while it was read".into(),
+            ));
+        }
+        ReadEnd::Interrupted(e) => {
+            sp.rollback()
+                .await
+                .context("cannot roll back to the savepoint")?;
+            return Ok(FileOutcome::Retry(format!("reading broke off: {e}")));
+        }
+        ReadEnd::Unreadable { reason, message } => Some((reason.to_owned(), message)),
+        ReadEnd::Done(_) => over_budget(settings, &loaded.counts),
+    };
+    match failure {
+        None => {
+            ledger::finish_loaded(&sp, file_id, &loaded.counts).await?;
+            sp.commit().await.context("cannot release the savepoint")?;
+            Ok(FileOutcome::Loaded(loaded))
+        }
+        Some((reason, message)) => {
+            sp.rollback()
+                .await
+                .context("cannot roll back to the savepoint")?;
+            let file_id = ledger::record_failed(
+                tx,
+                &identity,
+                &candidate.name,
+                &settings.instance_id,
+                &reason,
+                &message,
+            )
+            .await?;
+            Ok(FileOutcome::Failed {
+                file_id,
+                reason,
+                message,
+            })
+        }
+    }
+}
+
+/// Streams the file's chunks into the database; returns how reading ended and the accounting.
+async fn stream_file(
+    tx: &Transaction<'_>,
+    settings: &Arc<Settings>,
+    candidate: &Candidate,
+    file_id: i64,
+) -> anyhow::Result<(ReadEnd, LoadedFile)> {
+    let (sender, mut receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let path = candidate.path.clone();
+    let options = ReadOptions {
+        max_line_bytes: settings.max_line_bytes,
+        extra_columns: settings.extra_columns,
+        max_future_skew: settings.max_future_skew,
+        chunk_rows: settings.chunk_rows,
+    };
+    // Dropping `receiver` (on return, including on error) stops the reader thread.
+    tokio::task::spawn_blocking(move || reader::read_rows(&path, options, &sender));
+    let mut loaded = LoadedFile {
+        file_id,
+        ..LoadedFile::default()
+    };
+    loop {
+        let chunk = match receiver.recv().await {
+            Some(ReadMessage::Chunk(chunk)) => chunk,
+            Some(ReadMessage::Done(identity)) => return Ok((ReadEnd::Done(identity), loaded)),
+            Some(ReadMessage::Unreadable { reason, message }) => {
+                return Ok((ReadEnd::Unreadable { reason, message }, loaded))
+            }
+            Some(ReadMessage::Interrupted(e)) => return Ok((ReadEnd::Interrupted(e), loaded)),
+            None => {
+                let gone = io::Error::other("reader stopped without finishing");
+                return Ok((ReadEnd::Interrupted(gone), loaded));
+            }
+        };
+        let counts = &mut loaded.counts;
+        let valid = chunk.events.len() as u64;
+        counts.lines += valid + chunk.rejections.len() as u64;
+        counts.rejected += chunk.rejections.len() as u64;
+        let fresh = keep_new(tx, chunk.events).await?;
+        counts.duplicates += valid - fresh.len() as u64;
+        counts.accepted += copy_events(tx, file_id, &fresh).await?;
+        copy_rejections(tx, file_id, &chunk.rejections).await?;
+        count_by_reason(&chunk.rejections, &mut loaded.rejected_by_reason);
+        let room = LAG_SAMPLES_PER_FILE.saturating_sub(loaded.event_times.len());
+        loaded.event_times.extend(
+            fresh
+                .iter()
+                .take(room)
+                .map(|e| e.event.event_timestamp.as_utc().timestamp_micros()),
+        );
+    }
+}
+
+/// The error budget: a file whose rejected share exceeds the configured ratio fails as a whole.
+fn over_budget(settings: &Settings, counts: &LineCounts) -> Option<(String, String)> {
+    let ratio = settings.max_reject_ratio?;
+    let share = counts.rejected as f64 / counts.lines.max(1) as f64;
+    (counts.lines > 0 && share > ratio).then(|| {
+        (
+            "error_budget_exceeded".to_owned(),
+            format!(
+                "{} of {} rows rejected ({:.2}%), over the {:.2}% budget",
+                counts.rejected,
+                counts.lines,
+                share * 100.0,
+                ratio * 100.0
+            ),
+        )
+    })
+}

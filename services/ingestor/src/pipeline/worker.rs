@@ -1,0 +1,261 @@
+//! The loading loop: scan, load a batch, finish its files, repeat; back off on database errors;
+//! stop taking work on shutdown. One worker per process: replicas share the work through the
+//! ledger's locks, and within a process the reader/loader overlap already keeps both the CPU
+//! and the database busy.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use super::loader::{load_batch, FileOutcome, LoadedFile};
+use crate::config::Settings;
+use crate::internal_events::{
+    BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileFailed, FileLoaded,
+    Metrics,
+};
+use crate::lifecycle;
+use crate::source::{Candidate, Discovery, Scan};
+use crate::store::{ledger, Pool};
+
+/// How long a file another replica is loading (or that could not be read) is left alone.
+const SKIP_FOR: Duration = Duration::from_millis(500);
+/// How often finished ledger entries past retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Shared state the worker reports through.
+#[derive(Clone)]
+pub struct WorkerState {
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Whether the last database operation succeeded (readiness).
+    pub database_ok: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Runs until `cancel` fires, then returns after the batch in flight committed or failed.
+pub async fn run(
+    settings: Arc<Settings>,
+    pool: Pool,
+    discovery: Discovery,
+    state: WorkerState,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
+    let mut skipped: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut last_prune: Option<Instant> = None;
+    while !cancel.is_cancelled() {
+        let scan = match discovery.scan() {
+            Ok(scan) => scan,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot list the input directory");
+                Scan::default()
+            }
+        };
+        observe_backlog(&scan, &state.metrics);
+        skipped.retain(|_, until| *until > Instant::now());
+        let ready: Vec<Candidate> = scan
+            .ready
+            .into_iter()
+            .filter(|c| !skipped.contains_key(&c.path))
+            .collect();
+        if ready.is_empty() {
+            prune_if_due(&settings, &pool, &mut last_prune).await;
+            tokio::select! {
+                () = discovery.changed() => {}
+                () = tokio::time::sleep(settings.rescan_interval) => {}
+                () = cancel.cancelled() => {}
+            }
+            continue;
+        }
+        let started = Instant::now();
+        match load_batch(&settings, &pool, &ready, &cancel).await {
+            Ok(outcomes) => {
+                state
+                    .database_ok
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                backoff.reset();
+                BatchCommitted {
+                    files: outcomes.len(),
+                    duration: started.elapsed(),
+                }
+                .emit(&state.metrics);
+                for (candidate, outcome) in outcomes {
+                    finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
+                }
+            }
+            Err(error) => {
+                state
+                    .database_ok
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                let retry_in = backoff.next_delay();
+                DatabaseFailed {
+                    error: &error,
+                    retry_in,
+                }
+                .emit(&state.metrics);
+                tokio::select! {
+                    () = tokio::time::sleep(retry_in) => {}
+                    () = cancel.cancelled() => {}
+                }
+            }
+        }
+    }
+    tracing::info!("Loader stopped");
+}
+
+/// After COMMIT: report the file and move it where it belongs.
+fn finish(
+    settings: &Settings,
+    metrics: &Metrics,
+    candidate: &Candidate,
+    outcome: FileOutcome,
+    skipped: &mut HashMap<PathBuf, Instant>,
+) {
+    let moved = match outcome {
+        FileOutcome::Loaded(loaded) => {
+            emit_loaded(metrics, candidate, &loaded);
+            lifecycle::after_loaded(settings, &candidate.path, loaded.file_id)
+        }
+        FileOutcome::Failed {
+            file_id,
+            reason,
+            message,
+        } => {
+            FileFailed {
+                name: &candidate.name,
+                reason: &reason,
+                message: &message,
+            }
+            .emit(metrics);
+            lifecycle::after_failed(settings, &candidate.path, file_id)
+        }
+        FileOutcome::AlreadyKnown { file_id, status } => {
+            FileAlreadyLoaded {
+                name: &candidate.name,
+                file_id,
+                status: &status,
+            }
+            .emit(metrics);
+            if status == "failed" {
+                lifecycle::after_failed(settings, &candidate.path, file_id)
+            } else {
+                lifecycle::after_loaded(settings, &candidate.path, file_id)
+            }
+        }
+        FileOutcome::Busy | FileOutcome::Vanished => Ok(()),
+        FileOutcome::Retry(why) => {
+            tracing::warn!(file = %candidate.name, reason = %why, "File not loaded this time; will retry");
+            Ok(())
+        }
+    };
+    if let Err(e) = moved {
+        tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a finished file; it will be healed on the next scan");
+    }
+    // Whatever happened, give the directory a moment before looking at this path again.
+    skipped.insert(candidate.path.clone(), Instant::now() + SKIP_FOR);
+}
+
+fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
+    let now = chrono::Utc::now().timestamp_micros();
+    let lags: Vec<f64> = loaded
+        .event_times
+        .iter()
+        .map(|t| (now - t).max(0) as f64 / 1e6)
+        .collect();
+    FileLoaded {
+        name: &candidate.name,
+        file_id: loaded.file_id,
+        counts: loaded.counts,
+        rejected_by_reason: &loaded.rejected_by_reason,
+        bytes: candidate.size,
+        latency: SystemTime::now()
+            .duration_since(candidate.modified)
+            .unwrap_or_default(),
+        lags: &lags,
+    }
+    .emit(metrics);
+}
+
+fn observe_backlog(scan: &Scan, metrics: &Metrics) {
+    let oldest = scan.waiting.first().map(|c| {
+        SystemTime::now()
+            .duration_since(c.modified)
+            .unwrap_or_default()
+    });
+    BacklogObserved {
+        files: scan.waiting.len(),
+        bytes: scan.waiting.iter().map(|c| c.size).sum(),
+        oldest_age: oldest.unwrap_or_default(),
+    }
+    .emit(metrics);
+}
+
+async fn prune_if_due(settings: &Settings, pool: &Pool, last: &mut Option<Instant>) {
+    let Some(days) = settings.ledger_retention_days else {
+        return;
+    };
+    if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+        return;
+    }
+    *last = Some(Instant::now());
+    let pruned = match pool.get().await {
+        Ok(conn) => ledger::prune(&conn, days).await,
+        Err(e) => Err(anyhow::Error::new(e)),
+    };
+    match pruned {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entries = n, days, "Pruned old ledger entries"),
+        Err(e) => tracing::warn!(error = %e, "Cannot prune the ledger; will try again later"),
+    }
+}
+
+/// Capped exponential backoff with full jitter: replicas that failed together do not retry in
+/// lock-step against a database that is just coming back.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        ceiling.mul_f64(jitter)
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+        assert!(delays[7] >= Duration::from_secs(1), "{delays:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}

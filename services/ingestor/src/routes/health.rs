@@ -1,0 +1,54 @@
+//! Liveness never touches the database (an outage must not make an orchestrator restart every
+//! replica); readiness does, and says why it is not ready.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+
+/// How long readiness waits for the database before answering 503.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`, `GET /livez`: the process answers.
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "alive" }))
+}
+
+/// `GET /readyz`: the loader runs and the database answers `SELECT 1`.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let verdict = if !state.loader_alive.load(Ordering::Relaxed) {
+        Err("loader is not running".to_owned())
+    } else {
+        check_database(&state).await
+    };
+    state.metrics.set_ready(verdict.is_ok());
+    match verdict {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": reason })),
+        ),
+    }
+}
+
+async fn check_database(state: &AppState) -> Result<(), String> {
+    let check = async {
+        let conn = state
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("database unavailable: {e}"))?;
+        conn.simple_query("SELECT 1")
+            .await
+            .map_err(|e| format!("database unavailable: {e}"))?;
+        Ok(())
+    };
+    tokio::time::timeout(READY_CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err("database did not answer in time".to_owned()))
+}

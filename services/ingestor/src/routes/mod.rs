@@ -1,0 +1,35 @@
+//! The HTTP surface: Prometheus metrics and health endpoints. Built as a function so tests can
+//! drive the router without a socket.
+
+mod health;
+mod metrics;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+
+use crate::internal_events::Metrics;
+use crate::store::Pool;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database pool (readiness runs `SELECT 1` through it).
+    pub pool: Pool,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// Whether the directory watcher / loader loop is alive.
+    pub loader_alive: Arc<AtomicBool>,
+}
+
+/// The router: `/metrics`, `/healthz` and `/livez` (liveness), `/readyz` (readiness).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(health::live))
+        .route("/livez", get(health::live))
+        .route("/readyz", get(health::ready))
+        .with_state(state)
+}

@@ -1,0 +1,177 @@
+//! Discovery: which files in the input directory are ready to load, oldest first. inotify
+//! (through `notify`) announces files the moment they are renamed into the directory or closed
+//! after writing; a periodic rescan catches everything else (files present at start-up, missed
+//! events, filesystems without inotify).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+/// A file that may be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Full path.
+    pub path: PathBuf,
+    /// File name, for the ledger and logs.
+    pub name: String,
+    /// Size when listed.
+    pub size: u64,
+    /// Modification time: when it landed.
+    pub modified: SystemTime,
+}
+
+/// Names inotify announced as complete, shared with the watcher's thread. A std mutex: it is
+/// never held across an await.
+type Announced = Arc<Mutex<HashSet<OsString>>>;
+
+/// The input directory, watched.
+pub struct Discovery {
+    dir: PathBuf,
+    settle: Duration,
+    announced: Announced,
+    wake: Arc<Notify>,
+    watching: Arc<AtomicBool>,
+    _watcher: Option<RecommendedWatcher>,
+}
+
+impl Discovery {
+    /// Starts watching `dir`.
+    ///
+    /// # Errors
+    /// When `dir` does not exist, is not a directory or cannot be listed: a start-up error,
+    /// because a wrong path would otherwise look like an idle service.
+    pub fn start(dir: &Path, settle: Duration) -> anyhow::Result<Self> {
+        let metadata = std::fs::metadata(dir)
+            .with_context(|| format!("input directory {} is not accessible", dir.display()))?;
+        anyhow::ensure!(
+            metadata.is_dir(),
+            "input directory {} is not a directory",
+            dir.display()
+        );
+        std::fs::read_dir(dir)
+            .with_context(|| format!("input directory {} cannot be listed", dir.display()))?;
+        let announced = Announced::default();
+        let wake = Arc::new(Notify::new());
+        let watching = Arc::new(AtomicBool::new(false));
+        let watcher = match watch(dir, announced.clone(), wake.clone()) {
+            Ok(watcher) => {
+                watching.store(true, Ordering::Relaxed);
+                Some(watcher)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "No inotify on the input directory; relying on periodic rescans");
+                None
+            }
+        };
+        Ok(Discovery {
+            dir: dir.to_owned(),
+            settle,
+            announced,
+            wake,
+            watching,
+            _watcher: watcher,
+        })
+    }
+
+    /// Waits until the watcher reports a change.
+    pub async fn changed(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Whether inotify is active (rescans run either way).
+    pub fn is_watching(&self) -> bool {
+        self.watching.load(Ordering::Relaxed)
+    }
+
+    /// The ready files, oldest first, and all files waiting (ready or settling).
+    ///
+    /// # Errors
+    /// When the directory cannot be listed.
+    pub fn scan(&self) -> std::io::Result<Scan> {
+        let now = SystemTime::now();
+        let mut waiting = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let Ok(entry) = entry else { continue };
+            if let Some(candidate) = candidate(&entry) {
+                waiting.push(candidate);
+            }
+        }
+        waiting.sort_by(|a, b| (a.modified, &a.name).cmp(&(b.modified, &b.name)));
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        announced.retain(|name| waiting.iter().any(|c| c.path.file_name() == Some(name)));
+        let ready = waiting
+            .iter()
+            .filter(|c| {
+                c.path.file_name().is_some_and(|n| announced.contains(n))
+                    || now.duration_since(c.modified).unwrap_or_default() >= self.settle
+            })
+            .cloned()
+            .collect();
+        Ok(Scan { ready, waiting })
+    }
+}
+
+/// One look at the directory.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Files to load now, oldest first.
+    pub ready: Vec<Candidate>,
+    /// Every event file present (for backlog metrics).
+    pub waiting: Vec<Candidate>,
+}
+
+/// Event files are visible regular files ending in `.csv`; hidden names are temp files.
+fn candidate(entry: &std::fs::DirEntry) -> Option<Candidate> {
+    let name = entry.file_name();
+    let text = name.to_string_lossy();
+    if text.starts_with('.') || !text.to_ascii_lowercase().ends_with(".csv") {
+        return None;
+    }
+    let metadata = entry.metadata().ok()?;
+    if !metadata.is_file() {
+        return None;
+    }
+    Some(Candidate {
+        path: entry.path(),
+        name: text.into_owned(),
+        size: metadata.len(),
+        modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    })
+}
+
+fn watch(
+    dir: &Path,
+    announced: Announced,
+    wake: Arc<Notify>,
+) -> notify::Result<RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let complete = matches!(
+            event.kind,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        if complete {
+            let mut set = announced.lock().unwrap_or_else(|e| e.into_inner());
+            set.extend(
+                event
+                    .paths
+                    .iter()
+                    .filter_map(|p| p.file_name().map(OsString::from)),
+            );
+        }
+        if complete || matches!(event.kind, EventKind::Create(_)) {
+            wake.notify_one();
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}

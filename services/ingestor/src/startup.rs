@@ -1,0 +1,126 @@
+//! Building and running the service: bind the HTTP listener, open the input directory, create
+//! the pool, then run the loader and the server under one cancellation token until shutdown.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::internal_events::Metrics;
+use crate::lifecycle;
+use crate::pipeline::worker::{self, WorkerState};
+use crate::routes::{router, AppState};
+use crate::source::Discovery;
+use crate::store::{build_pool, Pool};
+
+/// A built, not yet running, ingestor.
+pub struct Application {
+    settings: Arc<Settings>,
+    listener: TcpListener,
+    discovery: Discovery,
+    pool: Pool,
+    metrics: Metrics,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port), checks the input directory and creates the
+    /// archive and failed directories. Does not need the database: it may come later.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the directories are unusable.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let discovery = Discovery::start(&settings.input_dir, settings.settle)?;
+        lifecycle::prepare_dirs(&settings)?;
+        let metrics = Metrics::new().context("cannot register metrics")?;
+        let pool = build_pool(&settings);
+        Ok(Application {
+            settings: Arc::new(settings),
+            listener,
+            discovery,
+            pool,
+            metrics,
+        })
+    }
+
+    /// The bound HTTP port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Runs until `shutdown` completes, then stops taking new files and lets the batch in
+    /// flight commit within the drain timeout.
+    ///
+    /// # Errors
+    /// When the HTTP server fails.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            listener,
+            discovery,
+            pool,
+            metrics,
+        } = self;
+        tracing::info!(
+            input_dir = %settings.input_dir.display(),
+            database = %settings.database_display,
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            instance = %settings.instance_id,
+            inotify = discovery.is_watching(),
+            "Ingestor starting"
+        );
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let loader_alive = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            loader_alive: loader_alive.clone(),
+        };
+        let worker_state = WorkerState {
+            metrics,
+            database_ok: Arc::new(AtomicBool::new(false)),
+        };
+        let loader = tracker.spawn({
+            let (settings, cancel) = (settings.clone(), cancel.clone());
+            async move {
+                worker::run(settings, pool, discovery, worker_state, cancel).await;
+                loader_alive.store(false, Ordering::Relaxed);
+            }
+        });
+        let server = tracker.spawn({
+            let cancel = cancel.clone();
+            async move {
+                axum::serve(listener, router(state))
+                    .with_graceful_shutdown(async move { cancel.cancelled().await })
+                    .await
+            }
+        });
+        tracker.close();
+        shutdown.await;
+        tracing::info!(
+            drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
+            "Shutdown requested; finishing the batch in flight"
+        );
+        cancel.cancel();
+        if tokio::time::timeout(settings.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Drain timeout reached; the open transaction is rolled back");
+            loader.abort();
+        }
+        match server.await {
+            Ok(result) => result.context("HTTP server failed"),
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(e).context("HTTP server task panicked"),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The ingestion ledger: one row per distinct file content. Claiming a file and finishing it
+//! happen in the loading transaction, so the ledger can never say "loaded" for rows that are
+//! not there, nor miss rows that are.
+
+use anyhow::Context;
+use tokio_postgres::Transaction;
+
+use crate::internal_events::LineCounts;
+use crate::pipeline::FileIdentity;
+
+/// What claiming a file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This transaction owns the file: a new ledger row in state `loading`.
+    Claimed {
+        /// The new ledger id.
+        file_id: i64,
+    },
+    /// Another transaction (another replica) is loading the same content right now.
+    Busy,
+    /// The content is already in the ledger, finished.
+    Known {
+        /// The existing ledger id.
+        file_id: i64,
+        /// `loaded` or `failed`.
+        status: String,
+    },
+}
+
+/// Claims a file by content: a transaction-level advisory lock keyed by the content hash (so
+/// replicas never wait on each other, and the lock cannot leak across pooled connections: it
+/// ends with the transaction), then a ledger row unless the content is known.
+///
+/// # Errors
+/// On a database error.
+pub async fn claim(
+    tx: &Transaction<'_>,
+    identity: &FileIdentity,
+    name: &str,
+    instance: &str,
+) -> anyhow::Result<Claim> {
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1)",
+            &[&identity.lock_key()],
+        )
+        .await
+        .context("cannot take the file's advisory lock")?
+        .get(0);
+    if !locked {
+        return Ok(Claim::Busy);
+    }
+    let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by) \
+             VALUES ($1, $2, $3, 'loading', $4) \
+             ON CONFLICT ON CONSTRAINT ingest_files_content_key DO NOTHING RETURNING file_id",
+            &[&name, &size, &identity.hash.as_slice(), &instance],
+        )
+        .await
+        .context("cannot insert the ledger entry")?;
+    if let Some(row) = inserted {
+        return Ok(Claim::Claimed {
+            file_id: row.get(0),
+        });
+    }
+    let row = tx
+        .query_one(
+            "SELECT file_id, status FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2",
+            &[&identity.hash.as_slice(), &size],
+        )
+        .await
+        .context("cannot read the existing ledger entry")?;
+    Ok(Claim::Known {
+        file_id: row.get(0),
+        status: row.get(1),
+    })
+}
+
+/// Marks a claimed file loaded with its line accounting.
+///
+/// # Errors
+/// On a database error (including the ledger's check that the counts add up).
+pub async fn finish_loaded(
+    tx: &Transaction<'_>,
+    file_id: i64,
+    counts: &LineCounts,
+) -> anyhow::Result<()> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    tx.execute(
+        "UPDATE ingest_files SET status = 'loaded', lines = $2, accepted = $3, duplicates = $4, \
+         rejected = $5, committed_at = clock_timestamp() WHERE file_id = $1",
+        &[
+            &file_id,
+            &n(counts.lines),
+            &n(counts.accepted),
+            &n(counts.duplicates),
+            &n(counts.rejected),
+        ],
+    )
+    .await
+    .context("cannot finish the ledger entry")?;
+    Ok(())
+}
+
+/// Records a file that cannot be loaded as a whole. Inserts the ledger row if the claim was
+/// rolled back (error budget), updates it otherwise.
+///
+/// # Errors
+/// On a database error.
+pub async fn record_failed(
+    tx: &Transaction<'_>,
+    identity: &FileIdentity,
+    name: &str,
+    instance: &str,
+    reason: &str,
+    message: &str,
+) -> anyhow::Result<i64> {
+    let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
+    let row = tx
+        .query_one(
+            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by, \
+             failure_reason, failure_message, committed_at) \
+             VALUES ($1, $2, $3, 'failed', $4, $5, $6, clock_timestamp()) \
+             ON CONFLICT ON CONSTRAINT ingest_files_content_key DO UPDATE SET status = 'failed', \
+             failure_reason = EXCLUDED.failure_reason, failure_message = EXCLUDED.failure_message, \
+             committed_at = EXCLUDED.committed_at RETURNING file_id",
+            &[
+                &name,
+                &size,
+                &identity.hash.as_slice(),
+                &instance,
+                &reason,
+                &message,
+            ],
+        )
+        .await
+        .context("cannot record the failed file in the ledger")?;
+    Ok(row.get(0))
+}
+
+/// Deletes finished ledger entries older than `days` (their rejected rows go with them). The
+/// events' primary key still keeps a pruned file from adding rows if it re-appears.
+///
+/// # Errors
+/// On a database error.
+pub async fn prune(client: &tokio_postgres::Client, days: u32) -> anyhow::Result<u64> {
+    let days = i32::try_from(days).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "DELETE FROM ingest_files WHERE status IN ('loaded', 'failed') \
+             AND committed_at < now() - make_interval(days => $1)",
+            &[&days],
+        )
+        .await
+        .context("cannot prune the ledger")
+}

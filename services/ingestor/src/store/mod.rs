@@ -1,0 +1,9 @@
+//! The PostgreSQL sink: the connection pool, the ledger (claiming and finishing files) and the
+//! binary COPY of events and rejected rows. Everything here runs inside a transaction the
+//! pipeline owns, so a file's rows, its rejections and its ledger entry commit together.
+
+pub mod copy;
+pub mod ledger;
+pub mod pool;
+
+pub use pool::{build_pool, is_connection_error, Pool};

@@ -1,0 +1,69 @@
+//! The bb8 pool, with the session settings every ingestor connection gets server-side.
+
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::NoTls;
+
+use crate::config::Settings;
+
+/// The pool type used throughout the service.
+pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Idle TCP time before keepalive probes start: a silently dead server or proxy is noticed in
+/// seconds rather than after the kernel's two-hour default.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+/// The connection settings with timeouts applied on the server side (`-c` options at start-up),
+/// so they hold even if the client hangs: a stuck statement or a transaction left idle by a
+/// frozen ingestor is ended by PostgreSQL itself, releasing its locks.
+pub fn session_config(settings: &Settings) -> tokio_postgres::Config {
+    let mut config = settings.database.clone();
+    let mut options = config.get_options().unwrap_or_default().to_owned();
+    options.push_str(&format!(
+        " -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        settings.statement_timeout.as_millis(),
+        settings.idle_in_transaction_timeout.as_millis()
+    ));
+    config
+        .options(options.trim())
+        .connect_timeout(settings.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE);
+    if config.get_application_name().is_none() {
+        config.application_name("ingestor");
+    }
+    config
+}
+
+/// Builds the pool without connecting: the service starts (and reports not-ready) while the
+/// database is down, and connects as soon as it is back.
+pub fn build_pool(settings: &Settings) -> Pool {
+    let manager = PostgresConnectionManager::new(session_config(settings), NoTls);
+    bb8::Pool::builder()
+        .max_size(settings.pool_size)
+        .min_idle(Some(0))
+        .connection_timeout(settings.connect_timeout)
+        // Connections broken by a database restart are detected on use (and dropped by bb8
+        // because `is_closed()` is true); checking on every checkout would add a round trip.
+        .test_on_check_out(false)
+        .build_unchecked(manager)
+}
+
+/// Whether an error means "the connection or server went away" (retry on a new connection)
+/// rather than "this statement is wrong" (a bug or a schema problem).
+pub fn is_connection_error(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return pg.is_closed()
+                || pg.code().is_none()
+                || pg
+                    .code()
+                    .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"));
+        }
+        cause
+            .downcast_ref::<bb8::RunError<tokio_postgres::Error>>()
+            .is_some()
+            || cause.downcast_ref::<std::io::Error>().is_some()
+    })
+}
