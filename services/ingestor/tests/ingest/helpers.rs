@@ -1,0 +1,339 @@
+//! Harness for ingestor tests: spawn the binary, talk to its HTTP endpoints, generate input, and
+//! check the database against the contract's own reading of the files.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_contract::{EventReader, ExtraColumnPolicy, ValidationContext};
+use stack_tests::{ChildGuard, TestDatabase};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const INGESTOR: &str = env!("CARGO_BIN_EXE_ingestor");
+
+/// The test database's URL for the least-privilege `ingestor` role (trust auth locally).
+pub fn ingestor_url(db: &TestDatabase) -> String {
+    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
+    config.user("ingestor");
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("postgres://ingestor@{host}:{port}/{}", db.name)
+}
+
+/// A running ingestor process, killed when dropped.
+pub struct Ingestor {
+    guard: ChildGuard,
+    pub port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Settings that make tests fast: short settle and rescan intervals, quick retries.
+pub const FAST: [(&str, &str); 5] = [
+    ("INGESTOR_SETTLE_MS", "100"),
+    ("INGESTOR_RESCAN_INTERVAL_MS", "100"),
+    ("INGESTOR_RETRY_INITIAL_MS", "50"),
+    ("INGESTOR_RETRY_MAX_MS", "500"),
+    ("INGESTOR_CONNECT_TIMEOUT_MS", "2000"),
+];
+
+impl Ingestor {
+    /// Starts `ingestor run` on `input` and waits until it listens.
+    pub fn spawn(database_url: &str, input: &Path, envs: &[(&str, &str)]) -> Ingestor {
+        let mut child = Command::new(INGESTOR)
+            .args([
+                "--log-format",
+                "json",
+                "--listen",
+                "127.0.0.1:0",
+                "--input-dir",
+            ])
+            .arg(input)
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "info")
+            .envs(FAST.iter().copied())
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("TEST_LOG").is_some() {
+                        eprintln!("[ingestor] {line}");
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut ingestor = Ingestor {
+            guard: ChildGuard::new(child),
+            port: 0,
+            logs,
+        };
+        ingestor.port = ingestor.wait_for_port();
+        ingestor
+    }
+
+    fn wait_for_port(&mut self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(line) = self
+                .log_lines()
+                .iter()
+                .find(|l| l.contains("Ingestor starting"))
+            {
+                let json: serde_json::Value = serde_json::from_str(line).unwrap();
+                let listen = json["listen"].as_str().unwrap();
+                return listen.rsplit(':').next().unwrap().parse().unwrap();
+            }
+            if let Some(status) = self.guard.child_mut().try_wait().unwrap() {
+                panic!("ingestor exited with {status}: {:#?}", self.log_lines());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ingestor did not start: {:#?}", self.log_lines());
+    }
+
+    /// Everything it logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    #[allow(dead_code)]
+    pub fn kill(mut self) {
+        let _ = self.guard.child_mut().kill();
+        let _ = self.guard.child_mut().wait();
+    }
+
+    /// SIGTERM, and wait up to `timeout` for it to exit.
+    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        self.guard
+            .wait_with_timeout(timeout)
+            .expect("ingestor did not exit after SIGTERM")
+    }
+
+    /// `GET path` on its HTTP port: (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.port, path)
+    }
+}
+
+/// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`) to a PID.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A minimal HTTP/1.0 GET (no client library needed for two endpoints).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Fault-injection knobs for [`generate`].
+#[derive(Clone, Copy, Default)]
+pub struct Faults {
+    pub invalid: f64,
+    pub duplicate: f64,
+    pub late: f64,
+}
+
+/// Writes `files` files of `rows` rows into `dir` with the real generator (as a library).
+pub fn generate(dir: &Path, files: u64, rows: u64, seed: u64, faults: Faults) {
+    let settings = generator::config::RawSettings {
+        out: dir.to_owned(),
+        rate: 10_000_000.0,
+        rows,
+        files,
+        seed: Some(seed),
+        invalid_ratio: faults.invalid,
+        duplicate_ratio: faults.duplicate,
+        late_ratio: faults.late,
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    generator::startup::generate(&settings, &CancellationToken::new()).unwrap();
+}
+
+/// Every event file under `dir`, including the processed/ and failed/ subdirectories.
+pub fn event_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for sub in [dir.to_owned(), dir.join("processed"), dir.join("failed")] {
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_file() && path.extension().is_some_and(|e| e == "csv") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// What the database must hold, according to the contract's own reading of the files.
+#[derive(Debug, Default)]
+pub struct Expected {
+    pub files: usize,
+    pub lines: u64,
+    pub rejected: u64,
+    pub unique_ids: HashSet<Uuid>,
+}
+
+pub fn expected(files: &[PathBuf]) -> Expected {
+    let mut expected = Expected {
+        files: files.len(),
+        ..Expected::default()
+    };
+    for path in files {
+        let file = std::fs::File::open(path).unwrap();
+        let reader =
+            EventReader::new(file, ValidationContext::now(), ExtraColumnPolicy::Ignore).unwrap();
+        for row in reader {
+            expected.lines += 1;
+            match row.unwrap().outcome {
+                Ok(event) => {
+                    expected.unique_ids.insert(*event.event_id.as_uuid());
+                }
+                Err(_) => expected.rejected += 1,
+            }
+        }
+    }
+    expected
+}
+
+/// Waits until `files` ledger entries are finished and the input directory holds no event file.
+pub async fn wait_for_ledger(db: &TestDatabase, input: &Path, files: usize, timeout: Duration) {
+    let client = db.client().await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done: i64 = client
+            .query_one(
+                "SELECT count(*) FROM ingest_files WHERE status IN ('loaded', 'failed')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let waiting = std::fs::read_dir(input)
+            .unwrap()
+            .filter(|e| {
+                let p = e.as_ref().unwrap().path();
+                p.is_file() && p.extension().is_some_and(|x| x == "csv")
+            })
+            .count();
+        if done as usize >= files && waiting == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {done} of {files} files finished, {waiting} waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The database holds exactly the valid unique events of the files, every file once, and every
+/// ledger entry's lines add up.
+pub async fn assert_exact(db: &TestDatabase, expected: &Expected) {
+    let client = db.client().await;
+    let stored: HashSet<Uuid> = client
+        .query("SELECT event_id FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing = expected.unique_ids.difference(&stored).count();
+    let extra = stored.difference(&expected.unique_ids).count();
+    assert_eq!(
+        (missing, extra),
+        (0, 0),
+        "events differ from the files' valid unique events"
+    );
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(lines)::bigint, sum(accepted)::bigint, sum(duplicates)::bigint, sum(rejected)::bigint, \
+             count(*) FILTER (WHERE lines <> accepted + duplicates + rejected) FROM ingest_files WHERE status = 'loaded'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (files, lines, accepted, _duplicates, rejected, unbalanced): (
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    ) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    assert_eq!(
+        files as usize, expected.files,
+        "every file loaded exactly once"
+    );
+    assert_eq!(lines as u64, expected.lines, "every line accounted for");
+    assert_eq!(accepted as usize, expected.unique_ids.len());
+    assert_eq!(rejected as u64, expected.rejected);
+    assert_eq!(unbalanced, 0, "a ledger entry whose lines do not add up");
+    let rejected_rows: i64 = client
+        .query_one("SELECT count(*) FROM rejected_rows", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rejected_rows as u64, expected.rejected,
+        "every rejection stored"
+    );
+}

@@ -1,0 +1,12 @@
+//! The ingestor as users run it: a real `ingestor` process against a real PostgreSQL database
+//! (a fresh one per test), fed with files from the real generator. One test binary with modules,
+//! so the harness compiles once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod bad_input;
+mod crash;
+mod database_faults;
+mod end_to_end;
+mod replicas;
