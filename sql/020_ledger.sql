@@ -62,8 +62,9 @@ COMMENT ON COLUMN ingest_files.size_bytes IS
 COMMENT ON COLUMN ingest_files.content_hash IS
     'Fast hash of the whole file content; (content_hash, size_bytes) identifies the file.';
 COMMENT ON COLUMN ingest_files.status IS
-    'loading: claimed, load in progress (or interrupted by a crash); loaded: committed; '
-    'failed: the file as a whole could not be loaded (see failure_reason).';
+    'loading: exists only inside the loading transaction (the claim), so other sessions never '
+    'see it; loaded: committed with its rows; failed: the file as a whole could not be loaded '
+    '(see failure_reason).';
 COMMENT ON COLUMN ingest_files.lines IS
     'Number of data lines (records) in the file, header excluded.';
 COMMENT ON COLUMN ingest_files.accepted IS
@@ -78,8 +79,8 @@ COMMENT ON COLUMN ingest_files.failure_reason IS
 COMMENT ON COLUMN ingest_files.failure_message IS
     'Human-readable details of the failure; wording may change, do not match on it.';
 COMMENT ON COLUMN ingest_files.claimed_by IS
-    'Identity of the ingestor instance that claimed the file (e.g. host and pid), to tell a '
-    'live load from one abandoned by a crashed instance.';
+    'Identity of the ingestor instance that loaded the file (host:pid, or INGESTOR_INSTANCE_ID), '
+    'to see how replicas shared the work.';
 COMMENT ON COLUMN ingest_files.discovered_at IS
     'When the ingestor claimed the file (row creation time).';
 COMMENT ON COLUMN ingest_files.committed_at IS

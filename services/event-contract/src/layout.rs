@@ -208,13 +208,16 @@ pub fn parse_record(
         text[column.index()] = utf8_field(layout.field(record, column), column)?;
     }
     let [event_id, user_id, product_id, event_type, price, timestamp] = text;
-    let event_type_parsed = EventType::parse(event_type)?;
+    let event_id = EventId::parse(event_id)?;
+    let user_id = UserId::parse(user_id)?;
+    let product_id = ProductId::parse(product_id)?;
+    let event_type = EventType::parse(event_type)?;
     let event = Event {
-        event_id: EventId::parse(event_id)?,
-        user_id: UserId::parse(user_id)?,
-        product_id: ProductId::parse(product_id)?,
-        event_type: event_type_parsed,
-        price: parse_price(price, event_type_parsed)?,
+        event_id,
+        user_id,
+        product_id,
+        event_type,
+        price: parse_price(price, event_type)?,
         event_timestamp: EventTimestamp::parse(timestamp, ctx)?,
     };
     Ok(event)

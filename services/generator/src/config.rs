@@ -133,7 +133,7 @@ pub enum ConfigError {
 /// Every flag can also be set as `GENERATOR_<FLAG>` (e.g. `GENERATOR_RATE=5000`) or in a TOML
 /// file given with `--config`; flags win over the environment, which wins over the file.
 #[derive(Debug, Default, Parser, Serialize)]
-#[command(name = "generator", version, about, long_about = None)]
+#[command(name = "generator", version, about, long_about = None, allow_negative_numbers = true)]
 pub struct Cli {
     /// TOML file with settings (keys as the long flags, with `_` for `-`).
     #[arg(long, value_name = "FILE", env = "GENERATOR_CONFIG")]

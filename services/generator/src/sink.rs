@@ -46,7 +46,7 @@ impl FileSink {
             let path = entry
                 .with_context(|| format!("cannot list {}", dir.display()))?
                 .path();
-            if is_temp_file(&path) {
+            if is_temp_file(&path) && !written_by_live_process(&path) {
                 tracing::warn!(path = %path.display(), "Removing a temp file left by an earlier run");
                 fs::remove_file(&path)
                     .with_context(|| format!("cannot remove stale temp file {}", path.display()))?;
@@ -174,6 +174,22 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot fsync directory {}", dir.display()))
 }
 
+/// Whether the temp file's writer (its pid is in the name) is still running: another generator
+/// sharing the directory must keep its file in progress.
+fn written_by_live_process(path: &Path) -> bool {
+    let pid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|pid| pid.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid == std::process::id() => false,
+        Some(pid) => Path::new("/proc").join(pid.to_string()).exists(),
+        None => false,
+    }
+}
+
 /// Whether `path` is one of our temp files.
 pub fn is_temp_file(path: &Path) -> bool {
     path.file_name()
@@ -213,8 +229,12 @@ mod tests {
         let mut sink = FileSink::open(dir.path()).unwrap();
         drop(sink.begin().unwrap());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
-        fs::write(dir.path().join(".events_1_000001.csv.tmp"), "x").unwrap();
+        // A dead writer's temp file is removed; a live one's (pid 1 always runs) is kept.
+        let dead = dir.path().join(format!(".events_{}_000001.csv.tmp", u32::MAX));
+        let live = dir.path().join(".events_1_000001.csv.tmp");
+        fs::write(&dead, "x").unwrap();
+        fs::write(&live, "x").unwrap();
         FileSink::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(!dead.exists() && live.exists());
     }
 }

@@ -1,2 +1,9 @@
 //! The operator commands that run next to the service: `check`, `status`, `replay`, `reset`,
-//! `healthcheck`. Each is a short async function returning an exit code.
+//! `healthcheck`. Each is a short async function that prints for people and returns whether it
+//! succeeded; `main` turns that into the exit code.
+
+pub mod check;
+pub mod healthcheck;
+pub mod replay;
+pub mod reset;
+pub mod status;

@@ -67,3 +67,23 @@ pub fn is_connection_error(error: &anyhow::Error) -> bool {
             || cause.downcast_ref::<std::io::Error>().is_some()
     })
 }
+
+/// One direct connection for an operator command, named `app_name` in `pg_stat_activity`.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn connect_once(settings: &Settings, app_name: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let mut config = session_config(settings);
+    config.application_name(app_name);
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(anyhow::Error::new)
+        .map_err(|e| e.context(format!("cannot connect to {}", settings.database_display)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "Command connection closed");
+        }
+    });
+    Ok(client)
+}
