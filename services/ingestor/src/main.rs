@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ingestor::cli::{Cli, Command};
+use ingestor::commands::{check, healthcheck, replay, reset, status};
 use ingestor::config;
 use ingestor::startup::Application;
 use ingestor::telemetry;
@@ -18,18 +19,47 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(settings).await,
-        _ => Err(anyhow::anyhow!("command not available yet")),
+    let command = cli.command.unwrap_or(Command::Run);
+    if matches!(command, Command::Run) {
+        telemetry::init(settings.log_format, "info");
+        return match run(settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error.cause_chain = ?e, error.message = %e, "Ingestor failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Operator commands print for people; only warnings go to the log.
+    telemetry::init(settings.log_format, "warn");
+    let outcome = match command {
+        Command::Run => unreachable_run(),
+        Command::Check => Ok(check::run(&settings).await),
+        Command::Status { json } => status::run(&settings, json).await.map(|()| true),
+        Command::Replay { file } => replay::run(settings, &file).await,
+        Command::Reset {
+            yes,
+            restore_archived,
+        } => reset::run(&settings, yes, restore_archived)
+            .await
+            .map(|()| true),
+        Command::Healthcheck => Ok(healthcheck::run(&settings).await),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            tracing::error!(error.cause_chain = ?e, error.message = %e, "Ingestor failed");
+            eprintln!("ingestor: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `run` is dispatched before the operator commands.
+fn unreachable_run() -> anyhow::Result<bool> {
+    Err(anyhow::anyhow!(
+        "internal error: `run` reached the command dispatcher"
+    ))
 }
 
 async fn run(settings: config::Settings) -> anyhow::Result<()> {

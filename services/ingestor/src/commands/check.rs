@@ -8,18 +8,59 @@ use crate::store::connect_once;
 
 /// Columns the ingestor writes, per table: the schema from `sql/` must have them.
 const REQUIRED_COLUMNS: [(&str, &[&str]); 3] = [
-    ("events", &["event_id", "user_id", "product_id", "event_type", "price", "event_timestamp", "source_file_id", "source_line"]),
-    ("ingest_files", &["file_id", "file_name", "size_bytes", "content_hash", "status", "lines", "accepted", "duplicates", "rejected", "failure_reason", "failure_message", "claimed_by", "committed_at"]),
-    ("rejected_rows", &["file_id", "line_number", "raw_line", "reason", "message"]),
+    (
+        "events",
+        &[
+            "event_id",
+            "user_id",
+            "product_id",
+            "event_type",
+            "price",
+            "event_timestamp",
+            "source_file_id",
+            "source_line",
+        ],
+    ),
+    (
+        "ingest_files",
+        &[
+            "file_id",
+            "file_name",
+            "size_bytes",
+            "content_hash",
+            "status",
+            "lines",
+            "accepted",
+            "duplicates",
+            "rejected",
+            "failure_reason",
+            "failure_message",
+            "claimed_by",
+            "committed_at",
+        ],
+    ),
+    (
+        "rejected_rows",
+        &["file_id", "line_number", "raw_line", "reason", "message"],
+    ),
 ];
 /// Privileges the ingestor needs: (table, privilege).
 const NEEDED: [(&str, &str); 8] = [
-    ("events", "SELECT"), ("events", "INSERT"),
-    ("ingest_files", "SELECT"), ("ingest_files", "INSERT"), ("ingest_files", "UPDATE"), ("ingest_files", "DELETE"),
-    ("rejected_rows", "SELECT"), ("rejected_rows", "INSERT"),
+    ("events", "SELECT"),
+    ("events", "INSERT"),
+    ("ingest_files", "SELECT"),
+    ("ingest_files", "INSERT"),
+    ("ingest_files", "UPDATE"),
+    ("ingest_files", "DELETE"),
+    ("rejected_rows", "SELECT"),
+    ("rejected_rows", "INSERT"),
 ];
 /// Privileges it should not have: least privilege means no rewriting history.
-const EXCESSIVE: [(&str, &str); 3] = [("events", "UPDATE"), ("events", "DELETE"), ("events", "TRUNCATE")];
+const EXCESSIVE: [(&str, &str); 3] = [
+    ("events", "UPDATE"),
+    ("events", "DELETE"),
+    ("events", "TRUNCATE"),
+];
 
 /// Tally of the checks.
 #[derive(Default)]
@@ -39,7 +80,11 @@ impl Report {
         println!("  FAIL  {what}");
     }
     fn check(&mut self, ok: bool, what: &str) {
-        if ok { self.pass(what) } else { self.fail(what) }
+        if ok {
+            self.pass(what)
+        } else {
+            self.fail(what)
+        }
     }
 }
 
@@ -47,7 +92,11 @@ impl Report {
 pub async fn run(settings: &Settings) -> bool {
     let mut report = Report::default();
     println!("configuration");
-    report.pass(&format!("settings loaded (input {}, database {})", settings.input_dir.display(), settings.database_display));
+    report.pass(&format!(
+        "settings loaded (input {}, database {})",
+        settings.input_dir.display(),
+        settings.database_display
+    ));
     println!("directories");
     check_dir(&mut report, "input", &settings.input_dir, false);
     check_dir(&mut report, "archive", &settings.archive_dir, true);
@@ -61,7 +110,14 @@ pub async fn run(settings: &Settings) -> bool {
             check_privileges(&mut report, &client).await;
         }
     }
-    println!("{}", if report.failures == 0 { "all checks passed" } else { "some checks FAILED" });
+    println!(
+        "{}",
+        if report.failures == 0 {
+            "all checks passed"
+        } else {
+            "some checks FAILED"
+        }
+    );
     report.failures == 0
 }
 
@@ -70,7 +126,10 @@ fn check_dir(report: &mut Report, role: &str, dir: &Path, may_create: bool) {
         if may_create && std::fs::create_dir_all(dir).is_ok() {
             report.pass(&format!("{role} directory {} created", dir.display()));
         } else {
-            report.fail(&format!("{role} directory {} does not exist", dir.display()));
+            report.fail(&format!(
+                "{role} directory {} does not exist",
+                dir.display()
+            ));
             return;
         }
     }
@@ -78,9 +137,18 @@ fn check_dir(report: &mut Report, role: &str, dir: &Path, may_create: bool) {
     let writable = std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe));
     let readable = std::fs::read_dir(dir).is_ok();
     match (readable, writable) {
-        (true, Ok(())) => report.pass(&format!("{role} directory {} is readable and writable", dir.display())),
-        (false, _) => report.fail(&format!("{role} directory {} cannot be listed", dir.display())),
-        (true, Err(e)) => report.fail(&format!("{role} directory {} is not writable: {e}", dir.display())),
+        (true, Ok(())) => report.pass(&format!(
+            "{role} directory {} is readable and writable",
+            dir.display()
+        )),
+        (false, _) => report.fail(&format!(
+            "{role} directory {} cannot be listed",
+            dir.display()
+        )),
+        (true, Err(e)) => report.fail(&format!(
+            "{role} directory {} is not writable: {e}",
+            dir.display()
+        )),
     }
 }
 
@@ -96,40 +164,76 @@ async fn check_schema(report: &mut Report, client: &tokio_postgres::Client) {
                 continue;
             }
         };
-        let missing: Vec<&str> = columns.iter().copied().filter(|c| !found.iter().any(|f| f == c)).collect();
+        let missing: Vec<&str> = columns
+            .iter()
+            .copied()
+            .filter(|c| !found.iter().any(|f| f == c))
+            .collect();
         if found.is_empty() {
-            report.fail(&format!("table {table} is missing (apply the scripts in sql/)"));
+            report.fail(&format!(
+                "table {table} is missing (apply the scripts in sql/)"
+            ));
         } else {
-            report.check(missing.is_empty(), &format!("table {table} has the expected columns{}", if missing.is_empty() { String::new() } else { format!(" (missing: {})", missing.join(", ")) }));
+            report.check(
+                missing.is_empty(),
+                &format!(
+                    "table {table} has the expected columns{}",
+                    if missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (missing: {})", missing.join(", "))
+                    }
+                ),
+            );
         }
     }
 }
 
 async fn check_privileges(report: &mut Report, client: &tokio_postgres::Client) {
-    let Ok(row) = client.query_one("SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user", &[]).await else {
+    let Ok(row) = client
+        .query_one(
+            "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+    else {
         report.fail("cannot read the current role");
         return;
     };
     let (user, superuser): (String, bool) = (row.get(0), row.get(1));
     if superuser {
-        report.warn(&format!("connected as superuser {user}: use the least-privilege role `ingestor`"));
+        report.warn(&format!(
+            "connected as superuser {user}: use the least-privilege role `ingestor`"
+        ));
     } else {
         report.pass(&format!("connected as {user}, not a superuser"));
     }
     for (table, privilege) in NEEDED {
         let has = has_privilege(client, table, privilege).await;
-        report.check(has == Some(true), &format!("{user} may {privilege} on {table}"));
+        report.check(
+            has == Some(true),
+            &format!("{user} may {privilege} on {table}"),
+        );
     }
     for (table, privilege) in EXCESSIVE {
         if !superuser && has_privilege(client, table, privilege).await == Some(true) {
-            report.warn(&format!("{user} may {privilege} on {table}: more than it needs"));
+            report.warn(&format!(
+                "{user} may {privilege} on {table}: more than it needs"
+            ));
         }
     }
 }
 
-async fn has_privilege(client: &tokio_postgres::Client, table: &str, privilege: &str) -> Option<bool> {
+async fn has_privilege(
+    client: &tokio_postgres::Client,
+    table: &str,
+    privilege: &str,
+) -> Option<bool> {
     client
-        .query_one("SELECT has_table_privilege(current_user, $1, $2)", &[&table, &privilege])
+        .query_one(
+            "SELECT has_table_privilege(current_user, $1, $2)",
+            &[&table, &privilege],
+        )
         .await
         .ok()
         .map(|r| r.get(0))

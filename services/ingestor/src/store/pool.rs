@@ -72,7 +72,10 @@ pub fn is_connection_error(error: &anyhow::Error) -> bool {
 ///
 /// # Errors
 /// When the database cannot be reached.
-pub async fn connect_once(settings: &Settings, app_name: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub async fn connect_once(
+    settings: &Settings,
+    app_name: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
     let mut config = session_config(settings);
     config.application_name(app_name);
     let (client, connection) = config

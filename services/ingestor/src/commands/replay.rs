@@ -1,0 +1,105 @@
+//! `ingestor replay <file>`: load one file now, typically a failed file after it was fixed.
+//! Still exactly once: content already loaded is refused, and a failed ledger entry for the
+//! same content is cleared first so the file can be tried again.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::lifecycle;
+use crate::pipeline::loader::{load_batch, FileOutcome};
+use crate::pipeline::reader;
+use crate::source::Candidate;
+use crate::store::{build_pool, connect_once};
+
+/// Loads `path`; `Ok(true)` when its rows are (now or already) in the database.
+///
+/// # Errors
+/// When the file cannot be read or the database fails.
+pub async fn run(settings: Settings, path: &Path) -> anyhow::Result<bool> {
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let identity =
+        reader::identify(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let client = connect_once(&settings, "ingestor-replay").await?;
+    let size = i64::try_from(identity.size).context("file too large")?;
+    // Clearing a failed entry is its own transaction: if the load below then fails or the
+    // process dies, the file is still on disk and replay can simply be run again.
+    let cleared = client
+        .execute(
+            "DELETE FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2 AND status = 'failed'",
+            &[&identity.hash.as_slice(), &size],
+        )
+        .await
+        .context("cannot clear the failed ledger entry")?;
+    if cleared > 0 {
+        println!("cleared the earlier failed ledger entry for this content");
+    }
+    let candidate = Candidate {
+        path: path.to_owned(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        size: metadata.len(),
+        modified: metadata
+            .modified()
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+    };
+    lifecycle::prepare_dirs(&settings)?;
+    let settings = Arc::new(settings);
+    let pool = build_pool(&settings);
+    let outcomes = load_batch(
+        &settings,
+        &pool,
+        std::slice::from_ref(&candidate),
+        &CancellationToken::new(),
+    )
+    .await?;
+    let Some((_, outcome)) = outcomes.into_iter().next() else {
+        anyhow::bail!("the file was not processed");
+    };
+    report(&settings, &candidate, outcome)
+}
+
+fn report(
+    settings: &Settings,
+    candidate: &Candidate,
+    outcome: FileOutcome,
+) -> anyhow::Result<bool> {
+    match outcome {
+        FileOutcome::Loaded(loaded) => {
+            let c = loaded.counts;
+            println!(
+                "loaded as file_id {}: {} lines = {} accepted + {} duplicate + {} rejected",
+                loaded.file_id, c.lines, c.accepted, c.duplicates, c.rejected
+            );
+            lifecycle::after_loaded(settings, &candidate.path, loaded.file_id)?;
+            Ok(true)
+        }
+        FileOutcome::AlreadyKnown { file_id, status } => {
+            println!("this content is already in the ledger as file_id {file_id} ({status}); nothing loaded twice");
+            Ok(status == "loaded")
+        }
+        FileOutcome::Failed {
+            file_id,
+            reason,
+            message,
+        } => {
+            println!("failed again (file_id {file_id}): {reason}: {message}");
+            Ok(false)
+        }
+        FileOutcome::Busy => {
+            println!("a running ingestor is loading this content right now; try again in a moment");
+            Ok(false)
+        }
+        FileOutcome::Vanished => anyhow::bail!("{} disappeared", candidate.path.display()),
+        FileOutcome::Retry(why) => anyhow::bail!(
+            "{} could not be read consistently: {why}",
+            candidate.path.display()
+        ),
+    }
+}

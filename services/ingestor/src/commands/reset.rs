@@ -1,0 +1,66 @@
+//! `ingestor reset --yes`: the old pipelines' reset utility, made safe. It refuses while an
+//! ingestor is connected (it would load into the tables being emptied), empties everything in
+//! one transaction, and can move archived files back for a full re-load.
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::store::connect_once;
+
+/// Empties events, ledger and rejections; optionally restores archived files.
+///
+/// # Errors
+/// Without `--yes`, while ingestors are connected, without TRUNCATE privilege, or on I/O errors.
+pub async fn run(settings: &Settings, yes: bool, restore_archived: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        yes,
+        "reset deletes every loaded event, the ledger and all rejected rows; add --yes to confirm"
+    );
+    let mut client = connect_once(settings, "ingestor-reset").await?;
+    let running: i64 = client
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ingestor' AND datname = current_database()", &[])
+        .await
+        .context("cannot check for running ingestors")?
+        .get(0);
+    anyhow::ensure!(
+        running == 0,
+        "{running} ingestor connection(s) are open on this database; stop the ingestors first"
+    );
+    let tx = client.transaction().await.context("cannot begin")?;
+    tx.batch_execute("TRUNCATE events, rejected_rows, ingest_files")
+        .await
+        .context("cannot empty the tables (reset needs the tables' owner, not the `ingestor` role: set DATABASE_URL to an admin connection)")?;
+    tx.commit().await.context("cannot commit the reset")?;
+    println!("emptied events, rejected_rows and ingest_files");
+    if restore_archived {
+        let moved = restore(settings)?;
+        println!(
+            "moved {moved} archived file(s) back into {}",
+            settings.input_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Moves archived files back into the input directory (skipping names already present there).
+fn restore(settings: &Settings) -> anyhow::Result<usize> {
+    let Ok(entries) = std::fs::read_dir(&settings.archive_dir) else {
+        return Ok(0);
+    };
+    let mut moved = 0;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot list {}", settings.archive_dir.display()))?
+            .path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let target = settings.input_dir.join(name);
+        if path.is_file() && !target.exists() {
+            std::fs::rename(&path, &target)
+                .with_context(|| format!("cannot move {} back", path.display()))?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
