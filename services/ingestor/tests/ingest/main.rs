@@ -9,4 +9,5 @@ mod bad_input;
 mod crash;
 mod database_faults;
 mod end_to_end;
+mod operator_commands;
 mod replicas;
