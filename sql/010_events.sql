@@ -25,8 +25,10 @@ CREATE TABLE IF NOT EXISTS events (
     --   * the ledger is pruned by retention, while events are kept much longer; with a foreign
     --     key, pruning would either be blocked or (ON DELETE CASCADE) delete the events.
     -- A dangling source_file_id therefore means "loaded by a ledger entry since pruned".
-    source_file_id  bigint      NOT NULL,
-    source_line     bigint      NOT NULL,
+    -- NULL lineage means the row did not come through the ingestor (e.g. a manual \copy of a
+    -- contract file, which the benchmark uses as its baseline).
+    source_file_id  bigint,
+    source_line     bigint,
 
     CONSTRAINT events_pkey PRIMARY KEY (event_id),
     CONSTRAINT events_user_id_positive CHECK (user_id > 0),
@@ -89,7 +91,8 @@ COMMENT ON COLUMN events.ingested_at IS
     'When the row was inserted (start of the loading transaction, so one file''s rows share it).';
 COMMENT ON COLUMN events.source_file_id IS
     'Lineage: ingest_files.file_id of the file the event was loaded from. No foreign key on '
-    'purpose (insert cost, ledger retention); may point at a pruned ledger entry.';
+    'purpose (insert cost, ledger retention); may point at a pruned ledger entry. NULL when the '
+    'row was not loaded by the ingestor.';
 COMMENT ON COLUMN events.source_line IS
     'Lineage: 1-based line number in the source file where the record starts (header is line 1).';
 

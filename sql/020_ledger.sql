@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS ingest_files (
     failure_reason  text,
     failure_message text,
     claimed_by      text,
+    landed_at       timestamptz,
     discovered_at   timestamptz NOT NULL DEFAULT now(),
     committed_at    timestamptz,
 
@@ -81,6 +82,9 @@ COMMENT ON COLUMN ingest_files.failure_message IS
 COMMENT ON COLUMN ingest_files.claimed_by IS
     'Identity of the ingestor instance that loaded the file (host:pid, or INGESTOR_INSTANCE_ID), '
     'to see how replicas shared the work.';
+COMMENT ON COLUMN ingest_files.landed_at IS
+    'When the file landed in the input directory (its modification time); committed_at - '
+    'landed_at is the file''s landing-to-commit latency.';
 COMMENT ON COLUMN ingest_files.discovered_at IS
     'When the ingestor claimed the file (row creation time).';
 COMMENT ON COLUMN ingest_files.committed_at IS

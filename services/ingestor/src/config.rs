@@ -64,6 +64,8 @@ pub struct RawSettings {
     pub after_load: AfterLoad,
     /// PostgreSQL connection string (URL or key=value).
     pub database_url: String,
+    /// File holding the database password (e.g. a Compose secret); overrides one in the URL.
+    pub database_password_file: Option<PathBuf>,
     /// HTTP listen address for /metrics, /healthz, /readyz.
     pub listen: String,
     /// Name of this instance in the ledger's `claimed_by` (default: host name and pid).
@@ -115,6 +117,7 @@ impl Default for RawSettings {
             failed_dir: None,
             after_load: AfterLoad::Archive,
             database_url: "postgres://ingestor@127.0.0.1:5432/events".into(),
+            database_password_file: None,
             listen: "127.0.0.1:9100".into(),
             instance_id: None,
             rescan_interval_ms: 1_000,
@@ -287,13 +290,23 @@ impl RawSettings {
     /// # Errors
     /// [`ConfigError::Invalid`] for the first unusable key.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let database: tokio_postgres::Config = self.database_url.parse().map_err(|e| {
+        let mut database: tokio_postgres::Config = self.database_url.parse().map_err(|e| {
             invalid(
                 "database_url",
                 mask_password(&self.database_url),
                 format!("not a PostgreSQL connection string ({e})"),
             )
         })?;
+        if let Some(path) = &self.database_password_file {
+            let password = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "database_password_file",
+                    path.display(),
+                    format!("cannot be read ({e})"),
+                )
+            })?;
+            database.password(password.trim_end_matches(['\r', '\n']));
+        }
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             invalid(
                 "listen",
@@ -439,6 +452,23 @@ mod tests {
             jail.set_env("INGESTOR_MAX_REJECT_RATIO", "2");
             let err = load(&args(&[])).unwrap_err().to_string();
             assert!(err.contains("`max_reject_ratio` = `2`"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_password_file_supplies_the_password_and_a_missing_one_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("pw", "s3cret\n")?;
+            jail.set_env("INGESTOR_DATABASE_PASSWORD_FILE", "pw");
+            let settings = load(&args(&[])).unwrap();
+            assert_eq!(settings.database.get_password(), Some(&b"s3cret"[..]));
+            jail.set_env("INGESTOR_DATABASE_PASSWORD_FILE", "missing");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(
+                err.contains("`database_password_file` = `missing`"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -153,20 +153,27 @@ async fn load_file(
         .savepoint("file")
         .await
         .context("cannot create a savepoint")?;
-    let file_id =
-        match ledger::claim(&sp, &identity, &candidate.name, &settings.instance_id).await? {
-            Claim::Busy => {
-                sp.rollback()
-                    .await
-                    .context("cannot roll back to the savepoint")?;
-                return Ok(FileOutcome::Busy);
-            }
-            Claim::Known { file_id, status } => {
-                sp.commit().await.context("cannot release the savepoint")?;
-                return Ok(FileOutcome::AlreadyKnown { file_id, status });
-            }
-            Claim::Claimed { file_id } => file_id,
-        };
+    let file_id = match ledger::claim(
+        &sp,
+        &identity,
+        &candidate.name,
+        candidate.modified,
+        &settings.instance_id,
+    )
+    .await?
+    {
+        Claim::Busy => {
+            sp.rollback()
+                .await
+                .context("cannot roll back to the savepoint")?;
+            return Ok(FileOutcome::Busy);
+        }
+        Claim::Known { file_id, status } => {
+            sp.commit().await.context("cannot release the savepoint")?;
+            return Ok(FileOutcome::AlreadyKnown { file_id, status });
+        }
+        Claim::Claimed { file_id } => file_id,
+    };
     let (end, loaded) = stream_file(&sp, settings, candidate, file_id).await?;
     let failure = match end {
         ReadEnd::Done(read) if read != identity => {

@@ -77,7 +77,8 @@ pub fn read_rows(path: &Path, options: ReadOptions, tx: &mpsc::Sender<ReadMessag
         Err(ReadError::Io(e)) => ReadMessage::Interrupted(e),
         Err(e) => ReadMessage::Unreadable {
             reason: e.code(),
-            message: e.to_string(),
+            // A header error quotes the offending column name, which may hold NUL bytes.
+            message: without_nul(e.to_string()),
         },
     };
     let _ = tx.blocking_send(message);
@@ -110,7 +111,8 @@ fn stream_rows(
                 line: row.line,
                 raw: storable_text(row.raw),
                 reason: rejection.reason,
-                message: rejection.message,
+                // Messages may quote input (e.g. the `uuid` crate names the bad character).
+                message: without_nul(rejection.message),
             }),
         }
         if chunk.len() >= options.chunk_rows
@@ -130,6 +132,16 @@ fn stream_rows(
 /// A raw line as a `text` column can hold it: invalid UTF-8 replaced by U+FFFD, NULs removed.
 fn storable_text(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).replace('\0', "")
+}
+
+/// Text a `text` column can hold: NUL bytes removed (PostgreSQL rejects them, and one such value
+/// would fail the whole batch's transaction on every retry).
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
+    }
 }
 
 /// Counts rejections by reason.

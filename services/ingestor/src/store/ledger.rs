@@ -37,6 +37,7 @@ pub async fn claim(
     tx: &Transaction<'_>,
     identity: &FileIdentity,
     name: &str,
+    landed_at: std::time::SystemTime,
     instance: &str,
 ) -> anyhow::Result<Claim> {
     let locked: bool = tx
@@ -53,10 +54,10 @@ pub async fn claim(
     let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
     let inserted = tx
         .query_opt(
-            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by) \
-             VALUES ($1, $2, $3, 'loading', $4) \
+            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by, landed_at) \
+             VALUES ($1, $2, $3, 'loading', $4, $5) \
              ON CONFLICT ON CONSTRAINT ingest_files_content_key DO NOTHING RETURNING file_id",
-            &[&name, &size, &identity.hash.as_slice(), &instance],
+            &[&name, &size, &identity.hash.as_slice(), &instance, &landed_at],
         )
         .await
         .context("cannot insert the ledger entry")?;
