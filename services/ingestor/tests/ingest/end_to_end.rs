@@ -70,3 +70,76 @@ async fn a_file_that_reappears_under_another_name_is_not_loaded_again() {
     assert_eq!(ledger, 2, "the same content is one ledger entry");
     drop(ingestor);
 }
+
+#[tokio::test]
+async fn ledger_entries_past_retention_are_pruned_with_their_rejections() {
+    // Arrange: one finished entry from 40 days ago (with a rejected row) and one from today.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, committed_at) VALUES \
+             ('old.csv', 1, '\\x01', 'loaded', now() - interval '40 days'), \
+             ('new.csv', 2, '\\x02', 'loaded', now() - interval '1 day'); \
+             INSERT INTO rejected_rows (file_id, line_number, raw_line, reason, message) \
+             SELECT file_id, 2, 'x', 'bad_uuid', 'm' FROM ingest_files WHERE file_name = 'old.csv';",
+        )
+        .await
+        .unwrap();
+    // Act
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[("INGESTOR_LEDGER_RETENTION_DAYS", "30")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let remaining = loop {
+        let names: Vec<String> = client
+            .query("SELECT file_name FROM ingest_files ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if names.len() < 2 || std::time::Instant::now() > deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Assert
+    assert_eq!(remaining, vec!["new.csv".to_owned()]);
+    let orphans: i64 = client.query_one("SELECT count(*) FROM rejected_rows", &[]).await.unwrap().get(0);
+    assert_eq!(orphans, 0, "rejected rows go with their ledger entry");
+    drop(ingestor);
+}
+
+#[test]
+fn a_missing_input_directory_stops_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("not-there");
+    let output = std::process::Command::new(INGESTOR)
+        .args(["--listen", "127.0.0.1:0", "--input-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success());
+    assert!(text.contains("input directory") && text.contains("not-there"), "{text}");
+}
+
+#[test]
+fn a_bad_config_value_stops_start_up_naming_the_key_and_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, needle) in [
+        ("INGESTOR_LISTEN", "nowhere", "`listen` = `nowhere`"),
+        ("INGESTOR_MAX_REJECT_RATIO", "1.5", "`max_reject_ratio` = `1.5`"),
+        ("INGESTOR_AFTER_LOAD", "shred", "shred"),
+    ] {
+        let output = std::process::Command::new(INGESTOR)
+            .arg("--input-dir")
+            .arg(dir.path())
+            .env(key, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{key}: {stderr}");
+    }
+}
