@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,6 +13,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use super::loader::{load_batch, FileOutcome, LoadedFile};
+use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
     BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileFailed, FileLoaded,
@@ -19,10 +21,12 @@ use crate::internal_events::{
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
-use crate::store::{ledger, Pool};
+use crate::store::{is_data_error, ledger, Pool};
 
 /// How long a file another replica is loading (or that could not be read) is left alone.
 const SKIP_FOR: Duration = Duration::from_millis(500);
+/// A file that alone makes PostgreSQL refuse its data this many times in a row is quarantined.
+const QUARANTINE_AFTER: u32 = 3;
 /// How often finished ledger entries past retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -46,6 +50,7 @@ pub async fn run(
     let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
     let mut skipped: HashMap<PathBuf, Instant> = HashMap::new();
     let mut last_prune: Option<Instant> = None;
+    let mut breaker = DataErrorBreaker::default();
     while !cancel.is_cancelled() {
         let scan = match discovery.scan() {
             Ok(scan) => scan,
@@ -71,12 +76,12 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        match load_batch(&settings, &pool, &ready, &cancel).await {
+        let batch = breaker.batch(&ready);
+        match load_batch(&settings, &pool, batch, &cancel).await {
             Ok(outcomes) => {
-                state
-                    .database_ok
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                state.database_ok.store(true, Ordering::Relaxed);
                 backoff.reset();
+                breaker.succeeded();
                 BatchCommitted {
                     files: outcomes.len(),
                     duration: started.elapsed(),
@@ -86,10 +91,20 @@ pub async fn run(
                     finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
                 }
             }
+            Err(error) if is_data_error(&error) => {
+                // The database is up but refuses some file's rows: narrow it down to the file
+                // and set that file aside, instead of retrying the same batch forever.
+                match breaker.failed(batch) {
+                    Some(culprit) => {
+                        quarantine(&settings, &pool, &state.metrics, &culprit, &error).await
+                    }
+                    None => {
+                        tracing::warn!(error.message = %error, files = batch.len(), "PostgreSQL refused the data of a batch; retrying file by file")
+                    }
+                }
+            }
             Err(error) => {
-                state
-                    .database_ok
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                state.database_ok.store(false, Ordering::Relaxed);
                 let retry_in = backoff.next_delay();
                 DatabaseFailed {
                     error: &error,
@@ -104,6 +119,93 @@ pub async fn run(
         }
     }
     tracing::info!("Loader stopped");
+}
+
+/// Narrows a batch whose data PostgreSQL refuses down to the one file responsible.
+#[derive(Default)]
+struct DataErrorBreaker {
+    /// Single-file batches still to run before batching resumes.
+    isolate: usize,
+    /// The file that failed alone, and how many times in a row.
+    strikes: Option<(PathBuf, u32)>,
+}
+
+impl DataErrorBreaker {
+    fn batch<'a>(&self, ready: &'a [Candidate]) -> &'a [Candidate] {
+        if self.isolate > 0 {
+            &ready[..1]
+        } else {
+            ready
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.isolate = self.isolate.saturating_sub(1);
+        self.strikes = None;
+    }
+
+    /// Records a failed batch; returns the file to quarantine once one is proven guilty.
+    fn failed(&mut self, batch: &[Candidate]) -> Option<Candidate> {
+        if batch.len() > 1 {
+            self.isolate = batch.len();
+            return None;
+        }
+        let candidate = batch.first()?;
+        let count = match &self.strikes {
+            Some((path, n)) if *path == candidate.path => n + 1,
+            _ => 1,
+        };
+        self.strikes = Some((candidate.path.clone(), count));
+        (count >= QUARANTINE_AFTER).then(|| {
+            self.strikes = None;
+            candidate.clone()
+        })
+    }
+}
+
+/// Records a file whose rows PostgreSQL refuses as failed (`database_rejected`) and moves it to
+/// the failed directory, so one such file cannot stop the service.
+async fn quarantine(
+    settings: &Settings,
+    pool: &Pool,
+    metrics: &Metrics,
+    candidate: &Candidate,
+    error: &anyhow::Error,
+) {
+    let message = format!("{error:#}");
+    let recorded = async {
+        let path = candidate.path.clone();
+        let identity = tokio::task::spawn_blocking(move || reader::identify(&path)).await??;
+        let mut conn = pool.get().await?;
+        let tx = conn.transaction().await?;
+        let file_id = ledger::record_failed(
+            &tx,
+            &identity,
+            &candidate.name,
+            &settings.instance_id,
+            "database_rejected",
+            &message,
+        )
+        .await?;
+        tx.commit().await?;
+        anyhow::Ok(file_id)
+    };
+    match recorded.await {
+        Ok(file_id) => {
+            FileFailed {
+                name: &candidate.name,
+                reason: "database_rejected",
+                message: &message,
+            }
+            .emit(metrics);
+            if let Err(e) = lifecycle::after_failed(settings, &candidate.path, file_id) {
+                tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a quarantined file");
+            }
+        }
+        Err(e) => {
+            tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot quarantine a file PostgreSQL refuses")
+        }
+    }
 }
 
 /// After COMMIT: report the file and move it where it belongs.

@@ -6,4 +6,4 @@ pub mod copy;
 pub mod ledger;
 pub mod pool;
 
-pub use pool::{build_pool, connect_once, is_connection_error, Pool};
+pub use pool::{build_pool, connect_once, is_data_error, Pool};

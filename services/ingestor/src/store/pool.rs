@@ -50,21 +50,19 @@ pub fn build_pool(settings: &Settings) -> Pool {
         .build_unchecked(manager)
 }
 
-/// Whether an error means "the connection or server went away" (retry on a new connection)
-/// rather than "this statement is wrong" (a bug or a schema problem).
-pub fn is_connection_error(error: &anyhow::Error) -> bool {
+/// Whether PostgreSQL refused the data itself (SQLSTATE class 22, data exception, or 23,
+/// integrity violation), as opposed to a connection, timeout, privilege or schema problem.
+/// A unique violation (23505) is not a data error here: it means another transaction stored
+/// the same event concurrently, and a retry will count it as a duplicate.
+pub fn is_data_error(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
-            return pg.is_closed()
-                || pg.code().is_none()
-                || pg
-                    .code()
-                    .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"));
-        }
         cause
-            .downcast_ref::<bb8::RunError<tokio_postgres::Error>>()
-            .is_some()
-            || cause.downcast_ref::<std::io::Error>().is_some()
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            .is_some_and(|code| {
+                let code = code.code();
+                (code.starts_with("22") || code.starts_with("23")) && code != "23505"
+            })
     })
 }
 

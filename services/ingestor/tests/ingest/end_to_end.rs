@@ -88,7 +88,11 @@ async fn ledger_entries_past_retention_are_pruned_with_their_rejections() {
         .await
         .unwrap();
     // Act
-    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[("INGESTOR_LEDGER_RETENTION_DAYS", "30")]);
+    let ingestor = Ingestor::spawn(
+        &ingestor_url(&db),
+        dir.path(),
+        &[("INGESTOR_LEDGER_RETENTION_DAYS", "30")],
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let remaining = loop {
         let names: Vec<String> = client
@@ -105,7 +109,11 @@ async fn ledger_entries_past_retention_are_pruned_with_their_rejections() {
     };
     // Assert
     assert_eq!(remaining, vec!["new.csv".to_owned()]);
-    let orphans: i64 = client.query_one("SELECT count(*) FROM rejected_rows", &[]).await.unwrap().get(0);
+    let orphans: i64 = client
+        .query_one("SELECT count(*) FROM rejected_rows", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(orphans, 0, "rejected rows go with their ledger entry");
     drop(ingestor);
 }
@@ -119,9 +127,16 @@ fn a_missing_input_directory_stops_start_up_with_a_clear_message() {
         .arg(&missing)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!output.status.success());
-    assert!(text.contains("input directory") && text.contains("not-there"), "{text}");
+    assert!(
+        text.contains("input directory") && text.contains("not-there"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -129,7 +144,11 @@ fn a_bad_config_value_stops_start_up_naming_the_key_and_the_value() {
     let dir = tempfile::tempdir().unwrap();
     for (key, value, needle) in [
         ("INGESTOR_LISTEN", "nowhere", "`listen` = `nowhere`"),
-        ("INGESTOR_MAX_REJECT_RATIO", "1.5", "`max_reject_ratio` = `1.5`"),
+        (
+            "INGESTOR_MAX_REJECT_RATIO",
+            "1.5",
+            "`max_reject_ratio` = `1.5`",
+        ),
         ("INGESTOR_AFTER_LOAD", "shred", "shred"),
     ] {
         let output = std::process::Command::new(INGESTOR)
@@ -142,4 +161,42 @@ fn a_bad_config_value_stops_start_up_naming_the_key_and_the_value() {
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(needle), "{key}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_file_whose_rows_postgresql_refuses_is_quarantined_and_the_rest_still_load() {
+    // Arrange: a constraint the contract does not know about refuses product 1000001, and one
+    // file of five contains it; a backlog so the file arrives inside a multi-file batch.
+    let db = TestDatabase::create().await;
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE events ADD CONSTRAINT no_product_1000001 CHECK (product_id <> 1000001)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let good_row = |product: u32| format!("{},42,{product},view,,{stamp}\n", uuid::Uuid::new_v4());
+    let header = "event_id,user_id,product_id,event_type,price,event_timestamp\n";
+    for n in 0..5 {
+        let product = if n == 2 { 1_000_001 } else { 2_000_000 + n };
+        let body: String = (0..10).map(|_| good_row(product)).collect();
+        std::fs::write(dir.path().join(format!("f{n}.csv")), format!("{header}{body}")).unwrap();
+    }
+    // Act
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    wait_for_ledger(&db, dir.path(), 5, Duration::from_secs(30)).await;
+    // Assert
+    let client = db.client().await;
+    let failed: Vec<(String, String)> = client
+        .query("SELECT file_name, failure_reason FROM ingest_files WHERE status = 'failed'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(failed, vec![("f2.csv".to_owned(), "database_rejected".to_owned())]);
+    assert!(dir.path().join("failed/f2.csv").exists());
+    let events: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(events, 40, "the other four files loaded");
+    assert_eq!(ingestor.get("/readyz").0, 200, "the service is still ready");
 }
