@@ -64,6 +64,14 @@ pub struct RecordReader<R> {
     overflow: bool,
     record: ByteRecord,
     bytes_read: u64,
+    /// 1-based line of the next byte to consume. Counted here rather than taken from
+    /// `csv_core`, which counts only `\n`: a lone `\r` ends a record (and so a line) too, and
+    /// two records must never share a line number (it is the key of a rejected row).
+    line: u64,
+    /// Whether the last byte consumed was `\r` (so a following `\n` ends no further line).
+    after_cr: bool,
+    /// The line of the current record's first byte that is not a line terminator.
+    record_line: Option<u64>,
 }
 
 impl<R: Read> RecordReader<R> {
@@ -86,6 +94,9 @@ impl<R: Read> RecordReader<R> {
             overflow: false,
             record: ByteRecord::new(),
             bytes_read: 0,
+            line: 1,
+            after_cr: false,
+            record_line: None,
         }
     }
 
@@ -104,7 +115,6 @@ impl<R: Read> RecordReader<R> {
     /// # Errors
     /// When the underlying reader fails.
     pub fn read_record(&mut self) -> io::Result<Option<RawRecord<'_>>> {
-        let line_before = self.core.line();
         self.start_record();
         loop {
             if self.chunk_pos == self.chunk_len && !self.eof {
@@ -124,7 +134,7 @@ impl<R: Read> RecordReader<R> {
                 ReadRecordResult::InputEmpty => {}
                 ReadRecordResult::OutputFull => self.grow_fields(),
                 ReadRecordResult::OutputEndsFull => self.grow_ends(),
-                ReadRecordResult::Record => return Ok(Some(self.finish_record(line_before))),
+                ReadRecordResult::Record => return Ok(Some(self.finish_record())),
                 ReadRecordResult::End => return Ok(None),
             }
         }
@@ -136,6 +146,7 @@ impl<R: Read> RecordReader<R> {
         self.fields_len = 0;
         self.ends_len = 0;
         self.overflow = false;
+        self.record_line = None;
     }
 
     fn refill(&mut self) -> io::Result<()> {
@@ -154,6 +165,25 @@ impl<R: Read> RecordReader<R> {
 
     fn keep_raw(&mut self, nin: usize) {
         let consumed = &self.chunk[self.chunk_pos..self.chunk_pos + nin];
+        // Blank lines before a record are not part of it: they count neither toward its raw
+        // text nor toward its size cap.
+        let mut blank_prefix = 0;
+        for (index, &byte) in consumed.iter().enumerate() {
+            match byte {
+                b'\r' => self.line += 1,
+                b'\n' if !self.after_cr => self.line += 1,
+                b'\n' => {}
+                _ => {
+                    self.record_line.get_or_insert(self.line);
+                }
+            }
+            if self.record_line.is_none() {
+                blank_prefix = index + 1;
+            }
+            self.after_cr = byte == b'\r';
+        }
+        let consumed = &consumed[blank_prefix..];
+        let nin = consumed.len();
         self.raw_bytes += nin as u64;
         let room = if self.raw_bytes > self.max_record_bytes as u64 {
             self.overflow = true;
@@ -188,10 +218,10 @@ impl<R: Read> RecordReader<R> {
         }
     }
 
-    fn finish_record(&mut self, line_before: u64) -> RawRecord<'_> {
-        let (blank_lines, body) = strip_leading_blank_lines(&self.raw);
-        // csv_core counts lines from 1: `line_before` is the line the next record starts on.
-        let line = line_before + blank_lines;
+    fn finish_record(&mut self) -> RawRecord<'_> {
+        let body = strip_leading_blank_lines(&self.raw);
+        // Every record has a byte that is not a terminator (csv_core skips empty lines).
+        let line = self.record_line.unwrap_or(self.line);
         if self.overflow {
             return RawRecord::TooLong {
                 line,
@@ -214,20 +244,17 @@ impl<R: Read> RecordReader<R> {
 }
 
 /// Blank lines before a record are consumed with it; they are not part of its raw text.
-fn strip_leading_blank_lines(raw: &[u8]) -> (u64, &[u8]) {
+fn strip_leading_blank_lines(raw: &[u8]) -> &[u8] {
     let mut rest = raw;
-    let mut blank = 0;
     loop {
         if let Some(r) = rest
-            .strip_prefix(b"\r\n")
-            .or_else(|| rest.strip_prefix(b"\n"))
+            .strip_prefix(b"\n")
+            .or_else(|| rest.strip_prefix(b"\r"))
+            .or_else(|| rest.strip_prefix(b"\xEF\xBB\xBF"))
         {
             rest = r;
-            blank += 1;
-        } else if let Some(r) = rest.strip_prefix(b"\xEF\xBB\xBF") {
-            rest = r;
         } else {
-            return (blank, rest);
+            return rest;
         }
     }
 }
@@ -274,6 +301,22 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_carriage_return_ends_a_line_so_no_two_records_share_one() {
+        let input = b"h\ra\rb\r\rc\r\n\"x\ry\"\nd";
+        assert_eq!(
+            lines_and_raw(input, 1024),
+            vec![
+                (1, "h".into(), Some(1)),
+                (2, "a".into(), Some(1)),
+                (3, "b".into(), Some(1)),
+                (5, "c".into(), Some(1)),
+                (6, "\"x\ry\"".into(), Some(1)),
+                (8, "d".into(), Some(1)),
+            ]
+        );
+    }
+
+    #[test]
     fn an_over_long_record_is_skipped_not_buffered() {
         let mut input = b"h\nshort\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', 1 << 20));
@@ -298,6 +341,15 @@ mod tests {
             reader.fields.len() <= 4096 * 2,
             "field buffer stayed near the cap"
         );
+    }
+
+    #[test]
+    fn blank_lines_do_not_count_toward_the_size_cap() {
+        let mut input = b"h\n".to_vec();
+        input.extend(std::iter::repeat_n(b'\n', 10_000));
+        input.extend_from_slice(b"a,b\n");
+        let out = lines_and_raw(&input, 64);
+        assert_eq!(out, vec![(1, "h".into(), Some(1)), (10_002, "a,b".into(), Some(2))]);
     }
 
     #[test]
