@@ -170,7 +170,9 @@ async fn a_file_whose_rows_postgresql_refuses_is_quarantined_and_the_rest_still_
     let db = TestDatabase::create().await;
     db.client()
         .await
-        .batch_execute("ALTER TABLE events ADD CONSTRAINT no_product_1000001 CHECK (product_id <> 1000001)")
+        .batch_execute(
+            "ALTER TABLE events ADD CONSTRAINT no_product_1000001 CHECK (product_id <> 1000001)",
+        )
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -180,7 +182,11 @@ async fn a_file_whose_rows_postgresql_refuses_is_quarantined_and_the_rest_still_
     for n in 0..5 {
         let product = if n == 2 { 1_000_001 } else { 2_000_000 + n };
         let body: String = (0..10).map(|_| good_row(product)).collect();
-        std::fs::write(dir.path().join(format!("f{n}.csv")), format!("{header}{body}")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("f{n}.csv")),
+            format!("{header}{body}"),
+        )
+        .unwrap();
     }
     // Act
     let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
@@ -188,15 +194,25 @@ async fn a_file_whose_rows_postgresql_refuses_is_quarantined_and_the_rest_still_
     // Assert
     let client = db.client().await;
     let failed: Vec<(String, String)> = client
-        .query("SELECT file_name, failure_reason FROM ingest_files WHERE status = 'failed'", &[])
+        .query(
+            "SELECT file_name, failure_reason FROM ingest_files WHERE status = 'failed'",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(failed, vec![("f2.csv".to_owned(), "database_rejected".to_owned())]);
+    assert_eq!(
+        failed,
+        vec![("f2.csv".to_owned(), "database_rejected".to_owned())]
+    );
     assert!(dir.path().join("failed/f2.csv").exists());
-    let events: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(events, 40, "the other four files loaded");
     assert_eq!(ingestor.get("/readyz").0, 200, "the service is still ready");
 }

@@ -249,7 +249,16 @@ pub fn expected(files: &[PathBuf]) -> Expected {
 
 /// Waits until `files` ledger entries are finished and the input directory holds no event file.
 pub async fn wait_for_ledger(db: &TestDatabase, input: &Path, files: usize, timeout: Duration) {
-    let client = db.client().await;
+    wait_for_ledger_with(&db.client().await, input, files, timeout).await;
+}
+
+/// [`wait_for_ledger`] through any client, e.g. one connected to a private server.
+pub async fn wait_for_ledger_with(
+    client: &tokio_postgres::Client,
+    input: &Path,
+    files: usize,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let done: i64 = client
@@ -281,7 +290,11 @@ pub async fn wait_for_ledger(db: &TestDatabase, input: &Path, files: usize, time
 /// The database holds exactly the valid unique events of the files, every file once, and every
 /// ledger entry's lines add up.
 pub async fn assert_exact(db: &TestDatabase, expected: &Expected) {
-    let client = db.client().await;
+    assert_exact_with(&db.client().await, expected).await;
+}
+
+/// [`assert_exact`] through any client, e.g. one connected to a private server.
+pub async fn assert_exact_with(client: &tokio_postgres::Client, expected: &Expected) {
     let stored: HashSet<Uuid> = client
         .query("SELECT event_id FROM events", &[])
         .await
@@ -336,4 +349,11 @@ pub async fn assert_exact(db: &TestDatabase, expected: &Expected) {
         rejected_rows as u64, expected.rejected,
         "every rejection stored"
     );
+}
+
+impl Ingestor {
+    /// Its exit status if it has exited (and was reaped), `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.guard.child_mut().try_wait().unwrap()
+    }
 }
