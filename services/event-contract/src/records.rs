@@ -349,7 +349,10 @@ mod tests {
         input.extend(std::iter::repeat_n(b'\n', 10_000));
         input.extend_from_slice(b"a,b\n");
         let out = lines_and_raw(&input, 64);
-        assert_eq!(out, vec![(1, "h".into(), Some(1)), (10_002, "a,b".into(), Some(2))]);
+        assert_eq!(
+            out,
+            vec![(1, "h".into(), Some(1)), (10_002, "a,b".into(), Some(2))]
+        );
     }
 
     #[test]

@@ -230,7 +230,9 @@ mod tests {
         drop(sink.begin().unwrap());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
         // A dead writer's temp file is removed; a live one's (pid 1 always runs) is kept.
-        let dead = dir.path().join(format!(".events_{}_000001.csv.tmp", u32::MAX));
+        let dead = dir
+            .path()
+            .join(format!(".events_{}_000001.csv.tmp", u32::MAX));
         let live = dir.path().join(".events_1_000001.csv.tmp");
         fs::write(&dead, "x").unwrap();
         fs::write(&live, "x").unwrap();
