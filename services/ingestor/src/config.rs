@@ -83,6 +83,8 @@ pub struct RawSettings {
     pub max_reject_ratio: Option<f64>,
     /// How far in the future an event timestamp may be, in seconds.
     pub max_future_skew_seconds: u64,
+    /// Loader loops working side by side on disjoint files, each with its own connection.
+    pub loaders: usize,
     /// Rows per COPY chunk: the unit of streaming and of the memory bound.
     pub chunk_rows: usize,
     /// At most this many files in one transaction when a backlog builds.
@@ -126,6 +128,7 @@ impl Default for RawSettings {
             extra_columns: ExtraColumns::Ignore,
             max_reject_ratio: None,
             max_future_skew_seconds: 300,
+            loaders: 2,
             chunk_rows: 8_192,
             batch_max_files: 32,
             batch_max_rows: 200_000,
@@ -173,6 +176,8 @@ pub struct Settings {
     pub max_reject_ratio: Option<f64>,
     /// Tolerated clock skew of event timestamps.
     pub max_future_skew: chrono::Duration,
+    /// Loader loops.
+    pub loaders: usize,
     /// Rows per COPY chunk.
     pub chunk_rows: usize,
     /// Files per transaction under backlog.
@@ -327,6 +332,7 @@ impl RawSettings {
             ("rescan_interval_ms", self.rescan_interval_ms),
             ("max_line_bytes", self.max_line_bytes as u64),
             ("chunk_rows", self.chunk_rows as u64),
+            ("loaders", self.loaders as u64),
             ("batch_max_files", self.batch_max_files as u64),
             ("batch_max_rows", self.batch_max_rows),
             ("pool_size", u64::from(self.pool_size)),
@@ -336,6 +342,13 @@ impl RawSettings {
             if value == 0 {
                 return Err(invalid(key, value, "must be at least 1"));
             }
+        }
+        if (self.pool_size as usize) <= self.loaders {
+            return Err(invalid(
+                "pool_size",
+                self.pool_size,
+                format!("must exceed loaders ({}): each loader holds a connection and readiness checks need one more", self.loaders),
+            ));
         }
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(invalid(
@@ -370,6 +383,7 @@ impl RawSettings {
             max_future_skew: chrono::Duration::seconds(
                 i64::try_from(self.max_future_skew_seconds).unwrap_or(i64::MAX / 1_000),
             ),
+            loaders: self.loaders,
             chunk_rows: self.chunk_rows,
             batch_max_files: self.batch_max_files,
             batch_max_rows: self.batch_max_rows,

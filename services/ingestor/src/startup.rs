@@ -59,7 +59,7 @@ impl Application {
     /// flight commit within the drain timeout.
     ///
     /// # Errors
-    /// When the HTTP server fails.
+    /// When the HTTP server fails, or the loader stopped by itself (a loop panicked).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Application {
             settings,
@@ -88,11 +88,12 @@ impl Application {
             metrics,
             database_ok: Arc::new(AtomicBool::new(false)),
         };
-        let loader = tracker.spawn({
+        let mut loader = tracker.spawn({
             let (settings, cancel) = (settings.clone(), cancel.clone());
             async move {
-                worker::run(settings, pool, discovery, worker_state, cancel).await;
+                let result = worker::run(settings, pool, discovery, worker_state, cancel).await;
                 loader_alive.store(false, Ordering::Relaxed);
+                result
             }
         });
         let server = tracker.spawn({
@@ -104,19 +105,31 @@ impl Application {
             }
         });
         tracker.close();
-        shutdown.await;
-        tracing::info!(
-            drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
-            "Shutdown requested; finishing the batch in flight"
-        );
-        cancel.cancel();
-        if tokio::time::timeout(settings.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("Drain timeout reached; the open transaction is rolled back");
-            loader.abort();
-        }
+        let loader_result = tokio::select! {
+            () = shutdown => {
+                tracing::info!(
+                    drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
+                    "Shutdown requested; finishing the batch in flight"
+                );
+                cancel.cancel();
+                match tokio::time::timeout(settings.drain_timeout, &mut loader).await {
+                    Ok(joined) => joined.context("loader task failed")?,
+                    Err(_) => {
+                        tracing::warn!("Drain timeout reached; the open transaction is rolled back");
+                        loader.abort();
+                        Ok(())
+                    }
+                }
+            }
+            // The loader only ends by itself when a loop panicked: stop serving and exit
+            // non-zero so the orchestrator restarts the process.
+            joined = &mut loader => {
+                cancel.cancel();
+                joined.context("loader task failed")?
+            }
+        };
+        let _ = tokio::time::timeout(settings.drain_timeout, tracker.wait()).await;
+        loader_result?;
         match server.await {
             Ok(result) => result.context("HTTP server failed"),
             Err(e) if e.is_cancelled() => Ok(()),

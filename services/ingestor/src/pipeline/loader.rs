@@ -17,7 +17,7 @@ use super::FileIdentity;
 use crate::config::Settings;
 use crate::internal_events::LineCounts;
 use crate::source::Candidate;
-use crate::store::copy::{copy_events, copy_rejections, keep_new};
+use crate::store::copy::{copy_rejections, insert_new, DedupMode};
 use crate::store::ledger::{self, Claim};
 use crate::store::Pool;
 
@@ -149,7 +149,7 @@ async fn load_file(
     candidate: &Candidate,
     identity: FileIdentity,
 ) -> anyhow::Result<FileOutcome> {
-    let sp = tx
+    let mut sp = tx
         .savepoint("file")
         .await
         .context("cannot create a savepoint")?;
@@ -174,7 +174,7 @@ async fn load_file(
         }
         Claim::Claimed { file_id } => file_id,
     };
-    let (end, loaded) = stream_file(&sp, settings, candidate, file_id).await?;
+    let (end, loaded) = stream_file(&mut sp, settings, candidate, file_id).await?;
     let failure = match end {
         ReadEnd::Done(read) if read != identity => {
             sp.rollback()
@@ -223,7 +223,7 @@ async fn load_file(
 
 /// Streams the file's chunks into the database; returns how reading ended and the accounting.
 async fn stream_file(
-    tx: &Transaction<'_>,
+    tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
     candidate: &Candidate,
     file_id: i64,
@@ -242,6 +242,7 @@ async fn stream_file(
         file_id,
         ..LoadedFile::default()
     };
+    let mut dedup = DedupMode::default();
     loop {
         let chunk = match receiver.recv().await {
             Some(ReadMessage::Chunk(chunk)) => chunk,
@@ -256,21 +257,23 @@ async fn stream_file(
             }
         };
         let counts = &mut loaded.counts;
-        let valid = chunk.events.len() as u64;
-        counts.lines += valid + chunk.rejections.len() as u64;
+        counts.lines += (chunk.events.len() + chunk.rejections.len()) as u64;
         counts.rejected += chunk.rejections.len() as u64;
-        let fresh = keep_new(tx, chunk.events).await?;
-        counts.duplicates += valid - fresh.len() as u64;
-        counts.accepted += copy_events(tx, file_id, &fresh).await?;
-        copy_rejections(tx, file_id, &chunk.rejections).await?;
-        count_by_reason(&chunk.rejections, &mut loaded.rejected_by_reason);
+        // Sampled before the insert consumes the chunk: duplicates (a few percent at most) are
+        // in the lag sample too, which does not move its percentiles.
         let room = LAG_SAMPLES_PER_FILE.saturating_sub(loaded.event_times.len());
         loaded.event_times.extend(
-            fresh
+            chunk
+                .events
                 .iter()
                 .take(room)
                 .map(|e| e.event.event_timestamp.as_utc().timestamp_micros()),
         );
+        let (accepted, duplicates) = insert_new(tx, file_id, chunk.events, &mut dedup).await?;
+        counts.accepted += accepted;
+        counts.duplicates += duplicates;
+        copy_rejections(tx, file_id, &chunk.rejections).await?;
+        count_by_reason(&chunk.rejections, &mut loaded.rejected_by_reason);
     }
 }
 

@@ -1,15 +1,20 @@
-//! The loading loop: scan, load a batch, finish its files, repeat; back off on database errors;
-//! stop taking work on shutdown. One worker per process: replicas share the work through the
-//! ledger's locks, and within a process the reader/loader overlap already keeps both the CPU
-//! and the database busy.
+//! The loading loops: scan, load a batch, finish its files, repeat; back off on database errors;
+//! stop taking work on shutdown.
+//!
+//! Several loops run side by side (`loaders`, default 2), each with its own connection and
+//! transaction, on disjoint files (an in-process in-flight set hands each file to one loop).
+//! PostgreSQL executes one session's COPY on one core, so a second loader is what lets the
+//! database use the machine's other core; `psql \copy` cannot. Replicas in other processes
+//! share the work the same way through the ledger's locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::loader::{load_batch, FileOutcome, LoadedFile};
@@ -30,56 +35,122 @@ const QUARANTINE_AFTER: u32 = 3;
 /// How often finished ledger entries past retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// Shared state the worker reports through.
+/// Shared state the loops report through.
 #[derive(Clone)]
 pub struct WorkerState {
     /// Metrics registry.
     pub metrics: Metrics,
-    /// Whether the last database operation succeeded (readiness).
-    pub database_ok: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the last database operation succeeded.
+    pub database_ok: Arc<AtomicBool>,
 }
 
-/// Runs until `cancel` fires, then returns after the batch in flight committed or failed.
+/// What the loops of one process share.
+struct Shared {
+    discovery: Discovery,
+    /// Files some loop is loading; a std mutex, never held across an await.
+    in_flight: Mutex<HashSet<PathBuf>>,
+}
+
+/// Runs the loader loops until `cancel` fires; each returns after its batch in flight committed
+/// or failed.
+///
+/// # Errors
+/// If a loop panicked (a bug): the others are stopped and the error reaches `main`, so the
+/// process exits non-zero and gets restarted instead of limping on without a loader.
 pub async fn run(
     settings: Arc<Settings>,
     pool: Pool,
     discovery: Discovery,
     state: WorkerState,
     cancel: CancellationToken,
-) {
+) -> anyhow::Result<()> {
+    let cancel = cancel.child_token();
+    let shared = Arc::new(Shared {
+        discovery,
+        in_flight: Mutex::default(),
+    });
+    let mut loops = JoinSet::new();
+    for index in 0..settings.loaders {
+        let context = LoopContext {
+            index,
+            settings: settings.clone(),
+            pool: pool.clone(),
+            shared: shared.clone(),
+            state: state.clone(),
+            cancel: cancel.clone(),
+        };
+        loops.spawn(run_loop(context));
+    }
+    let mut failure = None;
+    while let Some(joined) = loops.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "A loader loop panicked; stopping the others");
+            cancel.cancel();
+            failure.get_or_insert(e);
+        }
+    }
+    tracing::info!("Loader stopped");
+    match failure {
+        Some(e) => Err(anyhow::Error::new(e).context("a loader loop panicked")),
+        None => Ok(()),
+    }
+}
+
+/// One loop's handles.
+struct LoopContext {
+    index: usize,
+    settings: Arc<Settings>,
+    pool: Pool,
+    shared: Arc<Shared>,
+    state: WorkerState,
+    cancel: CancellationToken,
+}
+
+async fn run_loop(ctx: LoopContext) {
+    let LoopContext {
+        index,
+        settings,
+        pool,
+        shared,
+        state,
+        cancel,
+    } = ctx;
     let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
     let mut skipped: HashMap<PathBuf, Instant> = HashMap::new();
     let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
+    let mut changes = shared.discovery.subscribe();
     while !cancel.is_cancelled() {
-        let scan = match discovery.scan() {
-            Ok(scan) => scan,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot list the input directory");
-                Scan::default()
-            }
-        };
-        observe_backlog(&scan, &state.metrics);
+        let scan = shared.discovery.scan().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Cannot list the input directory");
+            Scan::default()
+        });
+        if index == 0 {
+            observe_backlog(&scan, &state.metrics);
+            prune_if_due(&settings, &pool, &mut last_prune).await;
+        }
         skipped.retain(|_, until| *until > Instant::now());
         let ready: Vec<Candidate> = scan
             .ready
             .into_iter()
             .filter(|c| !skipped.contains_key(&c.path))
             .collect();
-        if ready.is_empty() {
-            prune_if_due(&settings, &pool, &mut last_prune).await;
+        let Some(claimed) =
+            InFlight::take(&shared, breaker.batch(&ready), settings.batch_max_files)
+        else {
             tokio::select! {
-                () = discovery.changed() => {}
+                _ = changes.changed() => {}
                 () = tokio::time::sleep(settings.rescan_interval) => {}
                 () = cancel.cancelled() => {}
             }
             continue;
-        }
+        };
+        let batch = claimed.files();
         let started = Instant::now();
-        let batch = breaker.batch(&ready);
         match load_batch(&settings, &pool, batch, &cancel).await {
             Ok(outcomes) => {
                 state.database_ok.store(true, Ordering::Relaxed);
+                state.metrics.set_ready(true);
                 backoff.reset();
                 breaker.succeeded();
                 BatchCommitted {
@@ -105,12 +176,14 @@ pub async fn run(
             }
             Err(error) => {
                 state.database_ok.store(false, Ordering::Relaxed);
+                state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
                 DatabaseFailed {
                     error: &error,
                     retry_in,
                 }
                 .emit(&state.metrics);
+                drop(claimed);
                 tokio::select! {
                     () = tokio::time::sleep(retry_in) => {}
                     () = cancel.cancelled() => {}
@@ -118,7 +191,47 @@ pub async fn run(
             }
         }
     }
-    tracing::info!("Loader stopped");
+}
+
+/// Files one loop has taken; released (for any loop to take again) when dropped.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    files: Vec<Candidate>,
+}
+
+impl<'a> InFlight<'a> {
+    /// Takes up to `max` ready files no other loop is loading, oldest first; `None` if none.
+    fn take(shared: &'a Shared, ready: &[Candidate], max: usize) -> Option<Self> {
+        let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let files: Vec<Candidate> = ready
+            .iter()
+            .filter(|c| !in_flight.contains(&c.path))
+            .take(max)
+            .cloned()
+            .collect();
+        if files.is_empty() {
+            return None;
+        }
+        in_flight.extend(files.iter().map(|c| c.path.clone()));
+        Some(InFlight { shared, files })
+    }
+
+    fn files(&self) -> &[Candidate] {
+        &self.files
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for file in &self.files {
+            in_flight.remove(&file.path);
+        }
+    }
 }
 
 /// Narrows a batch whose data PostgreSQL refuses down to the one file responsible.
@@ -133,7 +246,7 @@ struct DataErrorBreaker {
 impl DataErrorBreaker {
     fn batch<'a>(&self, ready: &'a [Candidate]) -> &'a [Candidate] {
         if self.isolate > 0 {
-            &ready[..1]
+            &ready[..ready.len().min(1)]
         } else {
             ready
         }
@@ -314,8 +427,8 @@ async fn prune_if_due(settings: &Settings, pool: &Pool, last: &mut Option<Instan
     }
 }
 
-/// Capped exponential backoff with full jitter: replicas that failed together do not retry in
-/// lock-step against a database that is just coming back.
+/// Capped exponential backoff with jitter (each delay drawn between half and all of the cap):
+/// replicas that failed together do not retry in lock-step against a database coming back.
 struct Backoff {
     initial: Duration,
     max: Duration,

@@ -14,9 +14,16 @@ use super::AppState;
 /// How long readiness waits for the database before answering 503.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /healthz`, `GET /livez`: the process answers.
-pub async fn live() -> Json<Value> {
-    Json(json!({ "status": "alive" }))
+/// `GET /healthz`, `GET /livez`: the process answers and its loader tasks run.
+pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.loader_alive.load(Ordering::Relaxed) {
+        (StatusCode::OK, Json(json!({ "status": "alive" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "dead", "reason": "loader is not running" })),
+        )
+    }
 }
 
 /// `GET /readyz`: the loader runs and the database answers `SELECT 1`.

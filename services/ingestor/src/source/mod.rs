@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// A file that may be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Discovery {
     dir: PathBuf,
     settle: Duration,
     announced: Announced,
-    wake: Arc<Notify>,
+    wake: Arc<watch::Sender<u64>>,
     watching: Arc<AtomicBool>,
     _watcher: Option<RecommendedWatcher>,
 }
@@ -59,7 +59,7 @@ impl Discovery {
         std::fs::read_dir(dir)
             .with_context(|| format!("input directory {} cannot be listed", dir.display()))?;
         let announced = Announced::default();
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(watch::Sender::new(0));
         let watching = Arc::new(AtomicBool::new(false));
         let watcher = match watch(dir, announced.clone(), wake.clone()) {
             Ok(watcher) => {
@@ -81,9 +81,10 @@ impl Discovery {
         })
     }
 
-    /// Waits until the watcher reports a change.
-    pub async fn changed(&self) {
-        self.wake.notified().await;
+    /// A receiver that is notified whenever the watcher sees a change; each loader loop holds
+    /// its own, so every loop wakes (a `Notify` would wake only one of them).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     /// Whether inotify is active (rescans run either way).
@@ -150,7 +151,7 @@ fn candidate(entry: &std::fs::DirEntry) -> Option<Candidate> {
 fn watch(
     dir: &Path,
     announced: Announced,
-    wake: Arc<Notify>,
+    wake: Arc<watch::Sender<u64>>,
 ) -> notify::Result<RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
@@ -169,7 +170,7 @@ fn watch(
             );
         }
         if complete || matches!(event.kind, EventKind::Create(_)) {
-            wake.notify_one();
+            wake.send_modify(|n| *n = n.wrapping_add(1));
         }
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;

@@ -1,7 +1,7 @@
 //! Writing rows with binary COPY: the fastest way into PostgreSQL, and no text escaping to get
-//! wrong. Deduplication happens before the COPY (COPY cannot skip conflicts): ids repeated in
-//! the chunk are dropped in memory, ids already stored (by any earlier file or transaction, or
-//! earlier in this one) are found with one indexed lookup per chunk.
+//! wrong. COPY cannot skip conflicts, so deduplication works around it: ids repeated in a chunk
+//! are dropped in memory, and ids already stored (by any earlier file or transaction, or earlier
+//! in this one) are caught by the primary key and then filtered out with one indexed lookup.
 
 use std::collections::HashSet;
 
@@ -53,20 +53,87 @@ pub struct LineEvent {
     pub line: u64,
 }
 
-/// Drops events whose id is already stored or repeated earlier in `events`; returns the new ones.
+/// How often a chunk is retried after a unique violation before the transaction gives up (each
+/// retry follows another transaction storing one of the chunk's ids concurrently).
+const MAX_CHUNK_ATTEMPTS: usize = 5;
+
+/// How a loader deduplicates: optimistic (COPY first, let the primary key find duplicates) or
+/// probe first (look up the chunk's ids, COPY only new ones). Probing costs an index lookup per
+/// row, as much as a third of the COPY itself, so it is only done while duplicates are being
+/// found; a chunk without any switches back to optimistic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DedupMode {
+    probe_first: bool,
+}
+
+/// Inserts the chunk's events that are not stored yet; returns (accepted, duplicates).
+///
+/// Ids repeated inside the chunk are dropped in memory. The rest is COPYed under a savepoint;
+/// if the primary key reports a duplicate, the chunk is rolled back, its stored ids are looked
+/// up (this also sees rows written earlier in the same transaction) and the new ones COPYed.
 ///
 /// # Errors
-/// On a database error.
-pub async fn keep_new(
-    tx: &Transaction<'_>,
+/// On a database error, or when concurrent writers keep storing the chunk's ids.
+pub async fn insert_new(
+    tx: &mut Transaction<'_>,
+    file_id: i64,
     events: Vec<LineEvent>,
-) -> anyhow::Result<Vec<LineEvent>> {
+    mode: &mut DedupMode,
+) -> anyhow::Result<(u64, u64)> {
+    let total = events.len() as u64;
     let mut seen = HashSet::with_capacity(events.len());
-    let unique: Vec<LineEvent> = events
+    let mut batch: Vec<LineEvent> = events
         .into_iter()
         .filter(|e| seen.insert(*e.event.event_id.as_uuid()))
         .collect();
-    let ids: Vec<Uuid> = unique.iter().map(|e| *e.event.event_id.as_uuid()).collect();
+    let unique = batch.len();
+    if mode.probe_first {
+        batch = drop_stored(tx, batch).await?;
+    }
+    for _ in 0..MAX_CHUNK_ATTEMPTS {
+        let chunk = tx
+            .savepoint("chunk")
+            .await
+            .context("cannot create a chunk savepoint")?;
+        match copy_events(&chunk, file_id, &batch).await {
+            Ok(written) => {
+                chunk
+                    .commit()
+                    .await
+                    .context("cannot release the chunk savepoint")?;
+                mode.probe_first = batch.len() < unique;
+                return Ok((written, total - written));
+            }
+            Err(e) if is_unique_violation(&e) => {
+                chunk
+                    .rollback()
+                    .await
+                    .context("cannot roll back the chunk savepoint")?;
+                mode.probe_first = true;
+                batch = drop_stored(tx, batch).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    anyhow::bail!(
+        "event ids of a chunk kept being stored concurrently; the transaction will be retried"
+    )
+}
+
+/// Drops events whose id is already stored.
+async fn drop_stored(
+    tx: &Transaction<'_>,
+    events: Vec<LineEvent>,
+) -> anyhow::Result<Vec<LineEvent>> {
+    let ids: Vec<Uuid> = events.iter().map(|e| *e.event.event_id.as_uuid()).collect();
+    // For thousands of ids the planner prefers a sequential scan (or a hash join over one): it
+    // prices index lookups as uncached random reads, while the primary key of a table being
+    // loaded is hot. Measured at 1M rows and 8,192 ids: 96 ms scanning, 45 ms through the
+    // index. `SET LOCAL` keeps the override inside this transaction, whose other statements
+    // are primary-key or unique-key lookups anyway.
+    tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+        .await
+        .context("cannot set the probe's plan")?;
     let stored: HashSet<Uuid> = tx
         .query(
             "SELECT event_id FROM events WHERE event_id = ANY($1)",
@@ -77,10 +144,19 @@ pub async fn keep_new(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    Ok(unique
+    Ok(events
         .into_iter()
         .filter(|e| !stored.contains(e.event.event_id.as_uuid()))
         .collect())
+}
+
+fn is_unique_violation(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    })
 }
 
 /// COPYs events into `events`; returns the number written.
