@@ -17,6 +17,10 @@ use crate::cli::GlobalArgs;
 /// Prefix of the environment variables that configure the ingestor, e.g. `INGESTOR_INPUT_DIR`.
 pub const ENV_PREFIX: &str = "INGESTOR_";
 
+/// Largest accepted `max_future_skew_seconds`: a year. Anything larger disables the rule in
+/// practice and would overflow time arithmetic.
+const MAX_FUTURE_SKEW_SECONDS: u64 = 366 * 24 * 3600;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +89,9 @@ pub struct RawSettings {
     pub max_future_skew_seconds: u64,
     /// Loader loops working side by side on disjoint files, each with its own connection.
     pub loaders: usize,
+    /// How long a COPY may wait for another in-flight transaction inserting the same event id
+    /// before the file is deferred (ms; 0 = wait until that transaction ends).
+    pub conflict_wait_ms: u64,
     /// Rows per COPY chunk: the unit of streaming and of the memory bound.
     pub chunk_rows: usize,
     /// At most this many files in one transaction when a backlog builds.
@@ -129,6 +136,7 @@ impl Default for RawSettings {
             max_reject_ratio: None,
             max_future_skew_seconds: 300,
             loaders: 2,
+            conflict_wait_ms: 50,
             chunk_rows: 8_192,
             batch_max_files: 32,
             batch_max_rows: 200_000,
@@ -178,6 +186,8 @@ pub struct Settings {
     pub max_future_skew: chrono::Duration,
     /// Loader loops.
     pub loaders: usize,
+    /// Longest wait on another transaction's uncommitted event id.
+    pub conflict_wait: Duration,
     /// Rows per COPY chunk.
     pub chunk_rows: usize,
     /// Files per transaction under backlog.
@@ -350,6 +360,13 @@ impl RawSettings {
                 format!("must exceed loaders ({}): each loader holds a connection and readiness checks need one more", self.loaders),
             ));
         }
+        if self.max_future_skew_seconds > MAX_FUTURE_SKEW_SECONDS {
+            return Err(invalid(
+                "max_future_skew_seconds",
+                self.max_future_skew_seconds,
+                format!("must be at most {MAX_FUTURE_SKEW_SECONDS} (one year)"),
+            ));
+        }
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(invalid(
                 "retry_max_ms",
@@ -384,6 +401,7 @@ impl RawSettings {
                 i64::try_from(self.max_future_skew_seconds).unwrap_or(i64::MAX / 1_000),
             ),
             loaders: self.loaders,
+            conflict_wait: ms(self.conflict_wait_ms),
             chunk_rows: self.chunk_rows,
             batch_max_files: self.batch_max_files,
             batch_max_rows: self.batch_max_rows,

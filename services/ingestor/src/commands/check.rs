@@ -99,8 +99,11 @@ pub async fn run(settings: &Settings) -> bool {
     ));
     println!("directories");
     check_dir(&mut report, "input", &settings.input_dir, false);
-    check_dir(&mut report, "archive", &settings.archive_dir, true);
-    check_dir(&mut report, "failed", &settings.failed_dir, true);
+    // The service creates these at start-up; `check` only does so where the input directory
+    // exists, so a mistyped path does not leave new directories behind.
+    let may_create = settings.input_dir.is_dir();
+    check_dir(&mut report, "archive", &settings.archive_dir, may_create);
+    check_dir(&mut report, "failed", &settings.failed_dir, may_create);
     println!("database");
     match connect_once(settings, "ingestor-check").await {
         Err(e) => report.fail(&format!("{e:#}")),

@@ -48,7 +48,7 @@ pub enum FileOutcome {
         /// `loaded` or `failed`.
         status: String,
     },
-    /// Another replica is loading it.
+    /// Another loader or replica is loading it, or some of its events.
     Busy,
     /// It disappeared before it could be read.
     Vanished,
@@ -103,6 +103,17 @@ pub async fn load_batch(
     candidates: &[Candidate],
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<(Candidate, FileOutcome)>> {
+    let batch = &candidates[..candidates.len().min(settings.batch_max_files)];
+    let Some(first) = batch.first() else {
+        return Ok(Vec::new());
+    };
+    // The first file is hashed before BEGIN, so a huge file cannot hold an idle transaction
+    // open; each later file is hashed while the one before it loads.
+    let mut identity = Some(
+        spawn_identify(first)
+            .await
+            .context("identify task panicked")?,
+    );
     let mut conn = pool
         .get()
         .await
@@ -111,15 +122,23 @@ pub async fn load_batch(
         .transaction()
         .await
         .context("cannot begin a transaction")?;
-    let batch = &candidates[..candidates.len().min(settings.batch_max_files)];
+    // A COPY that would wait for another in-flight transaction (another loader or replica
+    // inserting the same event id) gives up after this long; the file is deferred instead of
+    // this transaction idling until the other one commits (see `load_file`).
+    if !settings.conflict_wait.is_zero() {
+        let ms = settings.conflict_wait.as_millis();
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{ms}ms'"))
+            .await
+            .context("cannot set lock_timeout")?;
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut rows = 0;
-    // The next file's identity is computed while the current one loads.
-    let mut next = batch.first().map(spawn_identify);
     for (index, candidate) in batch.iter().enumerate() {
-        let Some(identity) = next.take() else { break };
-        next = batch.get(index + 1).map(spawn_identify);
-        let outcome = match identity.await.context("identify task panicked")? {
+        let Some(current) = identity.take() else {
+            break;
+        };
+        let next = batch.get(index + 1).map(spawn_identify);
+        let outcome = match current {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
             Err(e) => FileOutcome::Retry(format!("cannot read: {e}")),
             Ok(identity) => load_file(&mut tx, settings, candidate, identity).await?,
@@ -128,6 +147,9 @@ pub async fn load_batch(
         outcomes.push((candidate.clone(), outcome));
         if rows >= settings.batch_max_rows || cancel.is_cancelled() {
             break;
+        }
+        if let Some(next) = next {
+            identity = Some(next.await.context("identify task panicked")?);
         }
     }
     tx.commit()
@@ -174,7 +196,19 @@ async fn load_file(
         }
         Claim::Claimed { file_id } => file_id,
     };
-    let (end, loaded) = stream_file(&mut sp, settings, candidate, file_id).await?;
+    let (end, loaded) = match stream_file(&mut sp, settings, candidate, file_id).await {
+        Ok(streamed) => streamed,
+        Err(e) if is_lock_timeout(&e) => {
+            // Some of its events are being inserted by another in-flight transaction: undo
+            // this file and take it again once that one has committed (it will then count
+            // those events as duplicates), instead of waiting with the whole batch.
+            sp.rollback()
+                .await
+                .context("cannot roll back to the savepoint")?;
+            return Ok(FileOutcome::Busy);
+        }
+        Err(e) => return Err(e),
+    };
     let failure = match end {
         ReadEnd::Done(read) if read != identity => {
             sp.rollback()
@@ -275,6 +309,15 @@ async fn stream_file(
         copy_rejections(tx, file_id, &chunk.rejections).await?;
         count_by_reason(&chunk.rejections, &mut loaded.rejected_by_reason);
     }
+}
+
+fn is_lock_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+    })
 }
 
 /// The error budget: a file whose rejected share exceeds the configured ratio fails as a whole.

@@ -13,6 +13,10 @@ use tokio::sync::mpsc;
 use super::FileIdentity;
 use crate::store::copy::{LineEvent, RejectedRow};
 
+/// A chunk is also sent once its rows' raw text reaches this size: rejected rows keep their raw
+/// text (up to the line cap each), so a row count alone would not bound memory.
+const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 /// How rows are read.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
@@ -101,7 +105,9 @@ fn stream_rows(
         options.max_line_bytes,
     )?;
     let mut chunk = Chunk::default();
+    let mut chunk_bytes = 0;
     while let Some(row) = reader.read_row()? {
+        chunk_bytes += row.raw.len();
         match row.outcome {
             Ok(event) => chunk.events.push(LineEvent {
                 event,
@@ -115,12 +121,15 @@ fn stream_rows(
                 message: without_nul(rejection.message),
             }),
         }
-        if chunk.len() >= options.chunk_rows
+        if (chunk.len() >= options.chunk_rows || chunk_bytes >= MAX_CHUNK_BYTES)
             && tx
                 .blocking_send(ReadMessage::Chunk(std::mem::take(&mut chunk)))
                 .is_err()
         {
             return Ok(None);
+        }
+        if chunk.len() == 0 {
+            chunk_bytes = 0;
         }
     }
     if chunk.len() > 0 && tx.blocking_send(ReadMessage::Chunk(chunk)).is_err() {
