@@ -71,28 +71,44 @@ async fn run(settings: config::Settings) -> anyhow::Result<()> {
 
 /// Completes on the first SIGINT or SIGTERM; a second one exits at once (the open transaction
 /// is rolled back by PostgreSQL when the connection drops, so nothing is lost).
+///
+/// The listeners are created once, before the first signal, and reused for the second: a signal
+/// arriving between the two waits is queued by them instead of being lost.
 async fn shutdown_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
+    let mut signals = match Signals::listen() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGINT/SIGTERM; stop the ingestor with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    signals.next().await;
+    tokio::spawn(async move {
+        signals.next().await;
         eprintln!("ingestor: second signal, exiting now");
         std::process::exit(130);
     });
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let interrupt = tokio::signal::ctrl_c();
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the ingestor");
-            let _ = interrupt.await;
+/// SIGINT and SIGTERM listeners.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }

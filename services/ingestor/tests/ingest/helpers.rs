@@ -357,3 +357,85 @@ impl Ingestor {
         self.guard.child_mut().try_wait().unwrap()
     }
 }
+
+impl Ingestor {
+    /// Waits up to `timeout` for it to exit on its own, e.g. after a [`signal`]; `None` if it
+    /// is still running.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.guard.wait_with_timeout(timeout)
+    }
+
+    /// Waits up to `timeout` until one of its log lines contains `needle`; whether one did.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_lines().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The ledger and the tables agree, whatever moment the ingestor stopped at: no entry is left
+/// `loading`, every entry's events and rejected rows are all stored (no file is partially
+/// loaded), and every event belongs to a file the ledger calls loaded.
+pub async fn assert_ledger_matches_tables(db: &TestDatabase) {
+    let client = db.client().await;
+    let loading: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ingest_files WHERE status = 'loading'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        loading, 0,
+        "a ledger entry was committed while still loading"
+    );
+    let partial: Vec<String> = client
+        .query(
+            "SELECT format('%s: accepted %s, events %s; rejected %s, rejected_rows %s', \
+                 f.file_name, f.accepted, coalesce(e.n, 0), f.rejected, coalesce(r.n, 0)) \
+             FROM ingest_files f \
+             LEFT JOIN (SELECT source_file_id, count(*) AS n FROM events GROUP BY 1) e \
+                 ON e.source_file_id = f.file_id \
+             LEFT JOIN (SELECT file_id, count(*) AS n FROM rejected_rows GROUP BY 1) r \
+                 ON r.file_id = f.file_id \
+             WHERE f.accepted <> coalesce(e.n, 0) OR f.rejected <> coalesce(r.n, 0)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(partial.is_empty(), "partially stored files: {partial:#?}");
+    let orphans: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM ingest_files f \
+             WHERE f.file_id = e.source_file_id AND f.status = 'loaded')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        orphans, 0,
+        "events of a file the ledger does not call loaded"
+    );
+}
+
+/// Names of the event files directly in `dir` (not in its subdirectories).
+pub fn csv_names(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "csv"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
