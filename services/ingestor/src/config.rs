@@ -383,6 +383,15 @@ impl RawSettings {
         let failed_dir = self
             .failed_dir
             .unwrap_or_else(|| self.input_dir.join("failed"));
+        for (key, dir) in [("archive_dir", &archive_dir), ("failed_dir", &failed_dir)] {
+            if dir == &self.input_dir {
+                return Err(invalid(
+                    key,
+                    dir.display(),
+                    "must differ from input_dir, or finished files would be loaded again and again",
+                ));
+            }
+        }
         let ms = Duration::from_millis;
         Ok(Settings {
             database_display: mask_password(&self.database_url),
@@ -481,6 +490,10 @@ mod tests {
                 "{err}"
             );
             jail.set_env("INGESTOR_CHUNK_ROWS", "10");
+            jail.set_env("INGESTOR_ARCHIVE_DIR", "data/incoming");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(err.contains("`archive_dir` = `data/incoming`"), "{err}");
+            jail.set_env("INGESTOR_ARCHIVE_DIR", "data/done");
             jail.set_env("INGESTOR_MAX_REJECT_RATIO", "2");
             let err = load(&args(&[])).unwrap_err().to_string();
             assert!(err.contains("`max_reject_ratio` = `2`"), "{err}");
