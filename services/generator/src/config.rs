@@ -2,7 +2,7 @@
 //! command-line flags, merged by figment, then validated into [`Settings`] so a bad value stops
 //! start-up with a message naming the key and the value.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use clap::Parser;
@@ -13,16 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Prefix of the environment variables that configure the generator, e.g. `GENERATOR_RATE`.
 pub const ENV_PREFIX: &str = "GENERATOR_";
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
+pub use service_support::LogFormat;
 
 /// Raw settings as layered by figment; every key here is documented in `docs/configuration.md`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,19 +198,13 @@ pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
 fn figment(cli: &Cli) -> Result<Figment, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
     if let Some(path) = &cli.config {
-        figment = figment.merge(Toml::file_exact(existing(path)?));
+        figment = figment.merge(Toml::file_exact(
+            service_support::existing_file(path).map_err(ConfigError::MissingFile)?,
+        ));
     }
     Ok(figment
         .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]))
         .merge(Serialized::defaults(cli)))
-}
-
-fn existing(path: &Path) -> Result<&Path, ConfigError> {
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(ConfigError::MissingFile(path.to_owned()))
-    }
 }
 
 impl RawSettings {

@@ -2,7 +2,7 @@
 //! so the ingestor must reject it with that reason code and no other.
 
 use chrono::Duration;
-use event_contract::{Column, Event, RejectReason};
+use event_contract::{Column, Event, RejectReason, COLUMNS};
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
@@ -23,16 +23,7 @@ pub fn corrupt(event: &Event, reason: RejectReason, rng: &mut impl Rng) -> Vec<V
             }
         }
         RejectReason::MissingField => {
-            let column = *[
-                Column::EventId,
-                Column::UserId,
-                Column::ProductId,
-                Column::EventType,
-                Column::Price,
-                Column::EventTimestamp,
-            ]
-            .choose(rng)
-            .unwrap_or(&Column::UserId);
+            let column = *COLUMNS.choose(rng).unwrap_or(&Column::UserId);
             if column == Column::Price {
                 // An empty price is only missing on a type that requires one.
                 fields[at(Column::EventType)] = b"purchase".to_vec();
@@ -87,7 +78,7 @@ pub fn corrupt(event: &Event, reason: RejectReason, rng: &mut impl Rng) -> Vec<V
             fields[at(column)].extend_from_slice(b"\xff\xfe");
         }
         RejectReason::LineTooLong => {
-            // Not injected (see `rows::INJECTED_REASONS`); a long field would make it one.
+            // Not injected (see `rows::is_injected`); a long field would make it one.
             fields[at(Column::UserId)] = vec![b'9'; event_contract::DEFAULT_MAX_RECORD_BYTES + 1];
         }
     }

@@ -3,8 +3,8 @@
 //! duplicates, late events).
 //!
 //! # Layout
-//! - [`config`]: figment-layered settings (defaults < TOML < `GENERATOR_*` env < flags), validated.
-//! - [`telemetry`]: tracing set-up (text or JSON).
+//! - [`config`]: figment-layered settings (defaults < TOML < `GENERATOR_*` env < flags), validated;
+//!   logging set-up is shared with the ingestor in the `service-support` crate.
 //! - [`catalog`]: products with stable prices and Zipf popularity; the user base.
 //! - [`sessions`]: shopping sessions walking the view -> cart -> purchase funnel.
 //! - [`faults`]: turning a valid event into a row with one specific contract violation.
@@ -23,4 +23,3 @@ pub mod sessions;
 pub mod sink;
 pub mod startup;
 pub mod summary;
-pub mod telemetry;

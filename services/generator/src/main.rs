@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use generator::config::{self, Cli};
-use generator::{startup, telemetry};
+use generator::startup;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    service_support::init_logging(settings.log_format, "info");
     match startup::run_until_stopped(settings, shutdown_signal()).await {
         Ok(summary) => {
             tracing::info!(

@@ -4,7 +4,7 @@
 //! Every key is documented in `docs/configuration.md`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use event_contract::ExtraColumnPolicy;
@@ -21,16 +21,7 @@ pub const ENV_PREFIX: &str = "INGESTOR_";
 /// practice and would overflow time arithmetic.
 const MAX_FUTURE_SKEW_SECONDS: u64 = 366 * 24 * 3600;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use service_support::LogFormat;
 
 /// What happens to a file once its transaction committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -242,7 +233,9 @@ pub enum ConfigError {
 pub fn load(args: &GlobalArgs) -> Result<Settings, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
     if let Some(path) = &args.config {
-        figment = figment.merge(Toml::file_exact(existing(path)?));
+        figment = figment.merge(Toml::file_exact(
+            service_support::existing_file(path).map_err(ConfigError::MissingFile)?,
+        ));
     }
     figment
         .merge(
@@ -255,14 +248,6 @@ pub fn load(args: &GlobalArgs) -> Result<Settings, ConfigError> {
         .extract::<RawSettings>()
         .map_err(|e| ConfigError::Layering(Box::new(e)))?
         .validate()
-}
-
-fn existing(path: &Path) -> Result<&Path, ConfigError> {
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(ConfigError::MissingFile(path.to_owned()))
-    }
 }
 
 fn invalid(

@@ -3,7 +3,8 @@
 //! line (accepted, duplicate, or rejected with a reason).
 //!
 //! # Layout
-//! - [`cli`], [`config`], [`telemetry`]: command line, layered settings, logging.
+//! - [`cli`], [`config`]: command line and layered settings (logging set-up is shared with the
+//!   generator in the `service-support` crate).
 //! - [`source`]: discovery of ready files (inotify + periodic rescan), oldest first.
 //! - [`pipeline`]: [`pipeline::reader`] parses a file into chunks (where a row is parsed, via
 //!   the event contract), [`pipeline::loader`] writes a batch in one transaction,
@@ -24,4 +25,3 @@ pub mod routes;
 pub mod source;
 pub mod startup;
 pub mod store;
-pub mod telemetry;

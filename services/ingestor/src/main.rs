@@ -7,7 +7,6 @@ use ingestor::cli::{Cli, Command};
 use ingestor::commands::{check, healthcheck, replay, reset, status};
 use ingestor::config;
 use ingestor::startup::Application;
-use ingestor::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -21,7 +20,7 @@ async fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Run);
     if matches!(command, Command::Run) {
-        telemetry::init(settings.log_format, "info");
+        service_support::init_logging(settings.log_format, "info");
         return match run(settings).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -31,7 +30,7 @@ async fn main() -> ExitCode {
         };
     }
     // Operator commands print for people; only warnings go to the log.
-    telemetry::init(settings.log_format, "warn");
+    service_support::init_logging(settings.log_format, "warn");
     let outcome = match command {
         Command::Run => unreachable_run(),
         Command::Check => Ok(check::run(&settings).await),
