@@ -216,3 +216,49 @@ async fn a_file_whose_rows_postgresql_refuses_is_quarantined_and_the_rest_still_
     assert_eq!(events, 40, "the other four files loaded");
     assert_eq!(ingestor.get("/readyz").0, 200, "the service is still ready");
 }
+
+#[tokio::test]
+async fn a_different_file_reusing_an_old_name_is_loaded_and_delete_mode_removes_files() {
+    // Arrange: after_load = delete; a first file named batch.csv is loaded and deleted.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let file = |rows: usize| {
+        let body: String = (0..rows)
+            .map(|_| format!("{},7,9,view,,{stamp}\n", uuid::Uuid::new_v4()))
+            .collect();
+        format!("event_id,user_id,product_id,event_type,price,event_timestamp\n{body}")
+    };
+    let ingestor = Ingestor::spawn(
+        &ingestor_url(&db),
+        dir.path(),
+        &[("INGESTOR_AFTER_LOAD", "delete")],
+    );
+    std::fs::write(dir.path().join("batch.csv"), file(3)).unwrap();
+    wait_for_ledger(&db, dir.path(), 1, Duration::from_secs(20)).await;
+    // Act: new content under the same name.
+    std::fs::write(dir.path().join("batch.csv"), file(5)).unwrap();
+    wait_for_ledger(&db, dir.path(), 2, Duration::from_secs(20)).await;
+    // Assert
+    let client = db.client().await;
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 8, "both contents loaded");
+    let names: Vec<String> = client
+        .query("SELECT file_name FROM ingest_files ORDER BY file_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, vec!["batch.csv", "batch.csv"]);
+    assert!(
+        !dir.path().join("processed/batch.csv").exists(),
+        "delete mode archives nothing"
+    );
+    assert_eq!(event_files(dir.path()).len(), 0, "loaded files are deleted");
+    drop(ingestor);
+}
