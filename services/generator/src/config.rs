@@ -2,6 +2,7 @@
 //! command-line flags, merged by figment, then validated into [`Settings`] so a bad value stops
 //! start-up with a message naming the key and the value.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -45,7 +46,13 @@ pub struct RawSettings {
     pub sessions: u32,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// HTTP listen address (`host:port`) for `/metrics`, `/livez` and `/healthz`; port 0 picks a
+    /// free port (the bound address is logged in the start-up line).
+    pub listen: String,
 }
+
+/// Default HTTP listen address: loopback, one port above the ingestor's 9100.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9101";
 
 impl Default for RawSettings {
     fn default() -> Self {
@@ -63,6 +70,7 @@ impl Default for RawSettings {
             users: 100_000,
             sessions: 500,
             log_format: LogFormat::Text,
+            listen: DEFAULT_LISTEN.to_owned(),
         }
     }
 }
@@ -96,6 +104,8 @@ pub struct Settings {
     pub sessions: u32,
     /// See [`RawSettings::log_format`].
     pub log_format: LogFormat,
+    /// See [`RawSettings::listen`]; a socket address (port 0 allowed).
+    pub listen: SocketAddr,
 }
 
 /// Why the configuration cannot be used.
@@ -182,6 +192,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// HTTP address for /metrics, /livez and /healthz; port 0 picks a free one
+    /// [default: 127.0.0.1:9101].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// Layers defaults, the optional TOML file, the environment and the flags, then validates.
@@ -265,6 +280,13 @@ impl RawSettings {
                     .with_timezone(&Utc),
             ),
         };
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                &self.listen,
+                "must be a socket address like 127.0.0.1:9101",
+            )
+        })?;
         Ok(Settings {
             out: self.out,
             rate: self.rate,
@@ -279,6 +301,7 @@ impl RawSettings {
             users: self.users,
             sessions: self.sessions,
             log_format: self.log_format,
+            listen,
         })
     }
 }
@@ -311,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn listen_defaults_to_loopback_9101_and_layers_like_every_key() {
+        Jail::expect_with(|jail| {
+            assert_eq!(
+                load(&cli(&[])).unwrap().listen,
+                "127.0.0.1:9101".parse().unwrap()
+            );
+            jail.create_file("gen.toml", "listen = \"0.0.0.0:9200\"")?;
+            let settings = load(&cli(&["--config", "gen.toml"])).unwrap();
+            assert_eq!(settings.listen, "0.0.0.0:9200".parse().unwrap());
+            jail.set_env("GENERATOR_LISTEN", "127.0.0.1:9300");
+            let settings = load(&cli(&["--config", "gen.toml"])).unwrap();
+            assert_eq!(settings.listen, "127.0.0.1:9300".parse().unwrap());
+            let settings = load(&cli(&["--listen", "127.0.0.1:0"])).unwrap();
+            assert_eq!(settings.listen.port(), 0, "flag beats environment");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_badly_typed_value_names_key_and_value() {
         Jail::expect_with(|jail| {
             jail.set_env("GENERATOR_RATE", "fast");
@@ -330,6 +372,12 @@ mod tests {
             (&["--invalid-ratio", "1.5"][..], "invalid_ratio", "1.5"),
             (&["--rows", "0"][..], "rows", "0"),
             (&["--start-time", "noon"][..], "start_time", "noon"),
+            (&["--listen", "localhost"][..], "listen", "localhost"),
+            (
+                &["--listen", "127.0.0.1:99999"][..],
+                "listen",
+                "127.0.0.1:99999",
+            ),
             (
                 &["--invalid-ratio", "0.6", "--duplicate-ratio", "0.5"][..],
                 "duplicate_ratio",

@@ -12,12 +12,17 @@
 //! - [`pacing`]: holding the target rate on an absolute schedule.
 //! - [`sink`]: temp file, fsync, link to the final name: atomic publication.
 //! - [`summary`]: what a run produced, for the exit summary line.
-//! - [`startup`]: the write loop and its shutdown.
+//! - [`metrics`]: the Prometheus registry the generator owns, moved once per published file.
+//! - [`routes`]: the HTTP surface: `/metrics`, `/livez` and `/healthz`.
+//! - [`startup`]: [`startup::Application`] binds the listener, then runs the write loop and the
+//!   HTTP server under one shutdown.
 
 pub mod catalog;
 pub mod config;
 pub mod faults;
+pub mod metrics;
 pub mod pacing;
+pub mod routes;
 pub mod rows;
 pub mod sessions;
 pub mod sink;

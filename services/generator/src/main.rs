@@ -17,7 +17,13 @@ async fn main() -> ExitCode {
         }
     };
     service_support::init_logging(settings.log_format, "info");
-    match startup::run_until_stopped(settings, shutdown_signal()).await {
+    let run = async {
+        startup::Application::build(settings)
+            .await?
+            .run_until_stopped(shutdown_signal())
+            .await
+    };
+    match run.await {
         Ok(summary) => {
             tracing::info!(
                 seed = summary.seed,

@@ -1,57 +1,189 @@
-//! Running the generator: the blocking write loop on its own thread, stopped by one
-//! cancellation token that SIGINT/SIGTERM (or a test) fires.
+//! Running the generator: bind the HTTP listener, then run the blocking write loop on its own
+//! thread and the `/metrics` + `/livez` server side by side, both stopped by one cancellation
+//! token that SIGINT/SIGTERM (or a test) fires, or that the loop's end fires.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::pacing::Pacer;
+use crate::routes::{router, AppState};
 use crate::rows::{Row, RowSource};
 use crate::sink::{FileSink, PendingFile};
 use crate::summary::{RowCounts, RunSummary};
 
-/// Runs until the configured number of files is written or `shutdown` completes, then returns
-/// what was produced. The file in progress at shutdown is discarded, never left half-written.
-///
-/// # Errors
-/// When the output directory cannot be used or a file cannot be written.
-pub async fn run_until_stopped(
+/// How long the HTTP server may take to finish requests in flight once the loop has stopped;
+/// a hung scrape must not keep the process alive.
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A built, not yet running, generator: the HTTP listener is bound and the metrics registered.
+pub struct Application {
     settings: Settings,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<RunSummary> {
-    let cancel = CancellationToken::new();
-    let worker_cancel = cancel.clone();
-    // File writing is blocking I/O with fsyncs; it gets a thread of its own, not a runtime worker.
-    let mut worker = tokio::task::spawn_blocking(move || generate(&settings, &worker_cancel));
-    tokio::select! {
-        joined = &mut worker => return joined.context("generator thread panicked")?,
-        () = shutdown => {
-            tracing::info!("Shutdown requested; discarding the file in progress");
-            cancel.cancel();
-        }
-    }
-    worker.await.context("generator thread panicked")?
+    listener: TcpListener,
+    metrics: Metrics,
 }
 
-/// The write loop: files of `rows` rows, paced to `rate`, until done or cancelled.
+impl Application {
+    /// Binds the HTTP listener (port 0 picks a free port) and registers the metrics.
+    ///
+    /// # Errors
+    /// When the listen address cannot be bound (e.g. the port is in use).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (key `listen`)", settings.listen))?;
+        let metrics = Metrics::new().context("cannot register metrics")?;
+        Ok(Application {
+            settings,
+            listener,
+            metrics,
+        })
+    }
+
+    /// The bound HTTP address.
+    ///
+    /// # Errors
+    /// When the socket cannot report its address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound HTTP port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Runs until the configured number of files is written or `shutdown` completes, then
+    /// stops the HTTP server gracefully and returns what was produced. The file in progress at
+    /// shutdown is discarded, never left half-written.
+    ///
+    /// # Errors
+    /// When the output directory cannot be used, a file cannot be written, or the HTTP server
+    /// fails.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<RunSummary> {
+        let Application {
+            settings,
+            listener,
+            metrics,
+        } = self;
+        let settings = resolve(settings);
+        let listen = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        log_starting(&settings, Some(listen));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            metrics: metrics.clone(),
+            writer_alive: writer_alive.clone(),
+        };
+        let server = tracker.spawn({
+            let cancel = cancel.clone();
+            async move {
+                axum::serve(listener, router(state))
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+            }
+        });
+        // File writing is blocking I/O with fsyncs; it gets a thread of its own, not a runtime
+        // worker.
+        let mut worker = tracker.spawn_blocking({
+            let cancel = cancel.clone();
+            move || {
+                let result = generate_with_metrics(&settings, &cancel, &metrics);
+                writer_alive.store(false, Ordering::Relaxed);
+                result
+            }
+        });
+        tracker.close();
+        let result = tokio::select! {
+            joined = &mut worker => joined,
+            () = shutdown => {
+                tracing::info!("Shutdown requested; discarding the file in progress");
+                cancel.cancel();
+                worker.await
+            }
+        };
+        // The loop is over, by itself or on request: the server stops with it.
+        cancel.cancel();
+        if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP drain timeout reached; closing the connections still open");
+            server.abort();
+        }
+        let summary = result.context("generator thread panicked")??;
+        match server.await {
+            Ok(served) => served.context("HTTP server failed")?,
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(e).context("HTTP server task panicked"),
+        }
+        Ok(summary)
+    }
+}
+
+/// The write loop without an HTTP server, for library use (tests, benchmarks): files of `rows`
+/// rows, paced to `rate`, until done or cancelled. Metrics go to a registry nobody reads.
 ///
 /// # Errors
 /// When a file cannot be created, written or published.
 pub fn generate(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<RunSummary> {
-    let seed = settings.seed.unwrap_or_else(rand::random);
-    let start = settings.start_time.unwrap_or_else(Utc::now);
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let settings = resolve(settings.clone());
+    log_starting(&settings, None);
+    generate_with_metrics(&settings, cancel, &metrics)
+}
+
+/// Fixes the seed and start time a run draws when they are not configured, so the start-up
+/// line can log them before the loop begins.
+fn resolve(mut settings: Settings) -> Settings {
+    settings.seed = Some(settings.seed.unwrap_or_else(rand::random));
+    settings.start_time = Some(settings.start_time.unwrap_or_else(Utc::now));
+    settings
+}
+
+/// The start-up line: everything needed to reproduce the run, and where metrics are served.
+fn log_starting(settings: &Settings, listen: Option<SocketAddr>) {
     tracing::info!(
-        seed,
+        seed = settings.seed,
         out = %settings.out.display(),
         rate = settings.rate,
         rows = settings.rows,
         files = settings.files,
-        start_time = %start.to_rfc3339(),
+        start_time = settings.start_time.map(|t| t.to_rfc3339()),
+        listen = listen.map(|a| a.to_string()),
         "Generator starting"
     );
+}
+
+/// The write loop, counting each published file into `metrics` (once per file, never per row).
+/// Does not log the start-up line; the summary carries the seed.
+///
+/// # Errors
+/// When a file cannot be created, written or published.
+pub fn generate_with_metrics(
+    settings: &Settings,
+    cancel: &CancellationToken,
+    metrics: &Metrics,
+) -> anyhow::Result<RunSummary> {
+    let seed = settings.seed.unwrap_or_else(rand::random);
+    let start = settings.start_time.unwrap_or_else(Utc::now);
+    metrics.set_target_rate(settings.rate);
     let mut sink = FileSink::open(&settings.out)?;
     let mut source = RowSource::new(settings, seed, start);
     let pacer = Pacer::new(settings.rate);
@@ -77,7 +209,10 @@ pub fn generate(settings: &Settings, cancel: &CancellationToken) -> anyhow::Resu
             break;
         }
         let path = pending.publish(sink.dir())?;
-        tracing::debug!(path = %path.display(), rows = counts.rows, "File published");
+        // One stat per file; a failure only loses the byte count, never the file.
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        tracing::debug!(path = %path.display(), rows = counts.rows, bytes, "File published");
+        metrics.file_published(&counts, bytes);
         summary.files += 1;
         summary.published.add(&counts);
     }

@@ -3,9 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use event_contract::{EventReader, ExtraColumnPolicy, ValidationContext};
 use stack_tests::ChildGuard;
@@ -16,7 +19,7 @@ fn generate(out: &Path, args: &[&str]) -> Output {
     let output = Command::new(GENERATOR)
         .arg("--out")
         .arg(out)
-        .args(["--log-format", "json"])
+        .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
         .args(args)
         .output()
         .unwrap();
@@ -198,6 +201,7 @@ fn sigterm_discards_the_file_in_progress_and_exits_zero() {
         .arg("--out")
         .arg(dir.path())
         .args(["--rate", "400", "--rows", "100", "--log-format", "json"])
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -279,7 +283,250 @@ fn help_explains_every_knob() {
         "--late-ratio",
         "--config",
         "--log-format",
+        "--listen",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
+}
+
+/// A raw HTTP/1.0 GET: (status, body); status 0 when nothing answers.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` -> value.
+fn samples(exposition: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The JSON log lines of a running child, read on a thread of their own.
+fn log_lines(guard: &mut ChildGuard) -> mpsc::Receiver<serde_json::Value> {
+    let stdout = guard.child_mut().stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(value) = serde_json::from_str(&line) {
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the log line with `message`.
+fn wait_for_line(lines: &mpsc::Receiver<serde_json::Value>, message: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no \"{message}\" line"));
+        if line["message"] == message {
+            return line;
+        }
+    }
+}
+
+/// Polls `done` every 20 ms for up to 10 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_and_livez_are_served_while_running_and_agree_with_the_files_on_disk() {
+    // Arrange: 500 rows/s and 50-row files: a file every 100 ms, until SIGTERM.
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(GENERATOR)
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--rate", "500", "--rows", "50", "--files", "0"])
+        .args(["--invalid-ratio", "0.1", "--duplicate-ratio", "0.05"])
+        .args(["--late-ratio", "0.1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new(child);
+    let lines = log_lines(&mut guard);
+    let starting = wait_for_line(&lines, "Generator starting");
+    let listen: std::net::SocketAddr = starting["listen"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no listen field: {starting}"))
+        .parse()
+        .unwrap();
+    let port = listen.port();
+    assert_ne!(port, 0, "the bound port is logged, not the configured 0");
+
+    // Act: liveness, then a scrape once at least 3 files are counted.
+    let (status, body) = http_get(port, "/livez");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({ "status": "alive" })
+    );
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    let mut exposition = String::new();
+    eventually("3 files counted", || {
+        let (status, body) = http_get(port, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        exposition = body;
+        samples(&exposition)["generator_files_total"] >= 3.0
+    });
+    // Hidden temp files are the file in progress, not published ones.
+    let on_disk_after_scrape = published_files(dir.path())
+        .iter()
+        .filter(|f| !f.file_name().unwrap().to_str().unwrap().starts_with('.'))
+        .count();
+
+    // Assert: the exposition follows the naming conventions.
+    for line in exposition.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(
+            name.starts_with("generator_")
+                && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{line}"
+        );
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+    }
+    let metrics = samples(&exposition);
+    assert!(
+        metrics
+            .keys()
+            .any(|k| k.starts_with("generator_build_info{")),
+        "{exposition}"
+    );
+    assert_eq!(metrics["generator_target_rate_events_per_second"], 500.0);
+    // Counters only count published files, and count them whole.
+    let files = metrics["generator_files_total"];
+    assert!(
+        files <= on_disk_after_scrape as f64,
+        "{files} counted, {on_disk_after_scrape} on disk"
+    );
+    let kind = |k: &str| metrics[&format!("generator_events_total{{kind=\"{k}\"}}")];
+    assert_eq!(
+        kind("valid") + kind("duplicate") + kind("invalid"),
+        files * 50.0
+    );
+    let by_reason: f64 = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("generator_invalid_rows_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(by_reason, kind("invalid"));
+    assert!(metrics["generator_late_events_total"] <= kind("valid"));
+    assert!(metrics["generator_bytes_total"] > 0.0);
+
+    // Act: stop it.
+    let status = Command::new("kill")
+        .args(["-TERM", &guard.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = guard
+        .wait_with_timeout(Duration::from_secs(10))
+        .expect("did not exit on SIGTERM");
+
+    // Assert: a clean exit whose summary accounts for exactly the files on disk.
+    assert!(exit.success(), "{exit:?}");
+    let summary = wait_for_line(&lines, "Generator finished");
+    let on_disk = published_files(dir.path());
+    assert_eq!(summary["files"].as_u64().unwrap(), on_disk.len() as u64);
+    assert!(on_disk.len() >= on_disk_after_scrape);
+    let rows: usize = on_disk
+        .iter()
+        .map(|f| {
+            let (ids, rejections) = read_back(f);
+            ids.len() + rejections.len()
+        })
+        .sum();
+    assert_eq!(summary["rows"].as_u64().unwrap(), rows as u64);
+    assert_eq!(http_get(port, "/livez").0, 0, "the server stopped too");
+}
+
+#[test]
+fn a_listen_port_in_use_stops_startup_with_a_clear_error() {
+    // Arrange
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // Act
+    let output = Command::new(GENERATOR)
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--listen", &addr, "--files", "1", "--rate", "1000000"])
+        .output()
+        .unwrap();
+    // Assert
+    let logs = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{logs}");
+    assert!(
+        logs.contains(&format!("cannot listen on {addr}")),
+        "the error names the address: {logs}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "nothing was written"
+    );
+}
+
+#[test]
+fn the_http_server_stops_with_the_write_loop_when_the_last_file_is_written() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(GENERATOR)
+        .arg("--out")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--files", "2", "--rows", "10", "--rate", "1000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new(child);
+    let lines = log_lines(&mut guard);
+    // Act
+    let exit = guard
+        .wait_with_timeout(Duration::from_secs(10))
+        .expect("the server kept the process alive");
+    // Assert
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(
+        wait_for_line(&lines, "Generator finished")["files"].as_u64(),
+        Some(2)
+    );
 }
