@@ -76,6 +76,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show analytics of the stored events: totals, events by type, revenue by product, top
+    /// users, funnel, latest events and rejections by reason.
+    ///
+    /// Read-only, in one consistent snapshot; works with the ingestor's own (least-privilege)
+    /// DATABASE_URL. Money is exact: JSON carries amounts and ratios as decimal strings.
+    Report {
+        /// Print JSON (for scripts) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load one file now, e.g. a failed file after it was fixed; still exactly once.
     Replay {
         /// The file to load (anywhere, e.g. in the failed directory).

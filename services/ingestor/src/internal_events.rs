@@ -44,6 +44,8 @@ pub struct Metrics {
     backlog_bytes: IntGauge,
     oldest_file_age: prometheus::Gauge,
     ready: IntGauge,
+    pool_connections: IntGauge,
+    pool_idle_connections: IntGauge,
 }
 
 fn counter_vec(
@@ -133,7 +135,7 @@ impl Metrics {
             event_lag: histogram(
                 &registry,
                 "ingestor_event_commit_lag_seconds",
-                "Time from an accepted event's timestamp to its commit.",
+                "Time from a valid event's timestamp (accepted or duplicate; a sample of up to 4,096 per file) to its commit.",
                 LAG_BUCKETS,
             )?,
             transaction_duration: histogram(
@@ -182,6 +184,20 @@ impl Metrics {
                 IntGauge::new(
                     "ingestor_ready",
                     "1 when the database answers and the watcher runs.",
+                )?,
+            )?,
+            pool_connections: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_database_pool_connections",
+                    "Connections the database pool holds (busy and idle), at scrape time.",
+                )?,
+            )?,
+            pool_idle_connections: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_database_pool_idle_connections",
+                    "Idle connections in the database pool, at scrape time.",
                 )?,
             )?,
             registry,
@@ -367,5 +383,32 @@ impl BacklogObserved {
         m.backlog_bytes
             .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
         m.oldest_file_age.set(self.oldest_age.as_secs_f64());
+    }
+}
+
+/// The database pool as seen at a `/metrics` scrape: sampled on demand rather than on every
+/// checkout, so the hot path pays nothing for it.
+pub struct PoolObserved {
+    /// Connections the pool holds, busy or idle.
+    pub connections: u32,
+    /// Connections waiting in the pool, unused.
+    pub idle_connections: u32,
+}
+
+impl From<bb8::State> for PoolObserved {
+    fn from(state: bb8::State) -> Self {
+        PoolObserved {
+            connections: state.connections,
+            idle_connections: state.idle_connections,
+        }
+    }
+}
+
+impl PoolObserved {
+    /// Sets the gauges.
+    pub fn emit(&self, m: &Metrics) {
+        m.pool_connections.set(i64::from(self.connections));
+        m.pool_idle_connections
+            .set(i64::from(self.idle_connections));
     }
 }

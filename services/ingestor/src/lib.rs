@@ -12,7 +12,7 @@
 //! - [`store`]: the PostgreSQL side: pool, ledger (claims), binary COPY (where a row is written).
 //! - [`lifecycle`]: archiving, deleting or failing files after commit.
 //! - [`internal_events`]: every log line and metric the service emits (where a row is counted).
-//! - [`routes`]: `/metrics`, `/healthz`, `/livez`, `/readyz`.
+//! - [`routes`]: `/metrics`, `/healthz`, `/livez`, `/readyz`, `/status`.
 //! - [`startup`]: wiring and graceful shutdown; [`commands`]: the operator commands.
 
 pub mod cli;

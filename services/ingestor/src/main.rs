@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ingestor::cli::{Cli, Command};
-use ingestor::commands::{check, healthcheck, replay, reset, status};
+use ingestor::commands::{check, healthcheck, replay, report, reset, status};
 use ingestor::config;
 use ingestor::startup::Application;
 
@@ -35,6 +35,7 @@ async fn main() -> ExitCode {
         Command::Run => unreachable_run(),
         Command::Check => Ok(check::run(&settings).await),
         Command::Status { json } => status::run(&settings, json).await.map(|()| true),
+        Command::Report { json } => report::run(&settings, json).await.map(|()| true),
         Command::Replay { file } => replay::run(settings, &file).await,
         Command::Reset {
             yes,

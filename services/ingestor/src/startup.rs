@@ -83,6 +83,7 @@ impl Application {
             pool: pool.clone(),
             metrics: metrics.clone(),
             loader_alive: loader_alive.clone(),
+            settings: settings.clone(),
         };
         let worker_state = WorkerState {
             metrics,

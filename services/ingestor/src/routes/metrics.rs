@@ -5,9 +5,11 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::internal_events::PoolObserved;
 
-/// Renders the registry.
+/// Samples the scrape-time gauges (the database pool), then renders the registry.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    PoolObserved::from(state.pool.state()).emit(&state.metrics);
     (
         [(
             header::CONTENT_TYPE,

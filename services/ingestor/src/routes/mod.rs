@@ -1,8 +1,9 @@
-//! The HTTP surface: Prometheus metrics and health endpoints. Built as a function so tests can
-//! drive the router without a socket.
+//! The HTTP surface: Prometheus metrics, health endpoints and the status report. Built as a
+//! function so tests can drive the router without a socket.
 
 mod health;
 mod metrics;
+mod status;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,26 +11,31 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 
+use crate::config::Settings;
 use crate::internal_events::Metrics;
 use crate::store::Pool;
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AppState {
-    /// The database pool (readiness runs `SELECT 1` through it).
+    /// The database pool (readiness runs `SELECT 1` through it; `/metrics` reports its size).
     pub pool: Pool,
     /// The metrics registry.
     pub metrics: Metrics,
     /// Whether the directory watcher / loader loop is alive.
     pub loader_alive: Arc<AtomicBool>,
+    /// The service settings (`/status` reads the input directory and the ledger with them).
+    pub settings: Arc<Settings>,
 }
 
-/// The router: `/metrics`, `/healthz` and `/livez` (liveness), `/readyz` (readiness).
+/// The router: `/metrics`, `/healthz` and `/livez` (liveness), `/readyz` (readiness),
+/// `/status` (backlog, ledger totals, recent failures, version).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(health::live))
         .route("/livez", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/status", get(status::status))
         .with_state(state)
 }

@@ -9,5 +9,7 @@ mod bad_input;
 mod crash;
 mod database_faults;
 mod end_to_end;
+mod endpoints;
 mod operator_commands;
 mod replicas;
+mod report;

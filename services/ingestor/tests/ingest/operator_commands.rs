@@ -32,7 +32,7 @@ async fn check_passes_on_a_correct_setup_and_names_what_is_wrong_otherwise() {
     let missing_dir = ingestor(&ingestor_url(&db), &dir.path().join("nope"), &["check"]);
     db.client()
         .await
-        .batch_execute("DROP TABLE rejected_rows")
+        .batch_execute("DROP TABLE rejected_rows CASCADE")
         .await
         .unwrap();
     let no_table = ingestor(&ingestor_url(&db), dir.path(), &["check"]);
