@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod crash;
+mod dashboards;
 mod database_faults;
 mod end_to_end;
 mod endpoints;

@@ -1,0 +1,450 @@
+//! The shipped observability files work against the real services: Prometheus (Debian's
+//! `prometheus` package, installed by `.ci/run`) scrapes a running generator and ingestor with
+//! the project's own scrape config (targets rewritten to the test's ports), every PromQL
+//! expression of the dashboards returns data and names only exported metrics, and every SQL
+//! query of the Business dashboard returns rows from the test database as the read-only
+//! `analyst` role.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stack_tests::{workspace_root, ChildGuard, TestDatabase};
+
+use crate::helpers::*;
+
+/// The shipped scrape config.
+fn shipped_prometheus_config() -> PathBuf {
+    workspace_root().join("grafana/prometheus/prometheus.yml")
+}
+
+/// The dashboards Grafana provisions.
+fn dashboard_files() -> [PathBuf; 2] {
+    let dir = workspace_root().join("grafana/dashboards");
+    [dir.join("pipeline.json"), dir.join("business.json")]
+}
+
+/// The jobs the shipped scrape config defines, in order.
+fn job_names(config: &str) -> Vec<String> {
+    config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- job_name:"))
+        .map(|name| name.trim().trim_matches(['"', '\'']).to_owned())
+        .collect()
+}
+
+#[test]
+fn the_shipped_prometheus_config_passes_promtool() {
+    let output = match Command::new("promtool")
+        .args(["check", "config"])
+        .arg(shipped_prometheus_config())
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => panic!(
+            "cannot run promtool ({e}); install Prometheus: apt-get install -y prometheus \
+             (.ci/run does this)"
+        ),
+    };
+    assert!(
+        output.status.success(),
+        "promtool check config failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_query_returns_data_from_the_running_services() {
+    // Arrange: database, ingestor, generator, and Prometheus scraping both.
+    let db = TestDatabase::create().await;
+    let input = tempfile::tempdir().unwrap();
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), input.path(), &[]);
+    let generator = Generator::spawn(input.path());
+    let shipped = std::fs::read_to_string(shipped_prometheus_config()).unwrap();
+    assert_eq!(
+        job_names(&shipped),
+        ["generator", "ingestor"],
+        "the shipped scrape config's jobs changed; update this test's target rewriting"
+    );
+    let prometheus =
+        Prometheus::spawn(&[("generator", generator.port), ("ingestor", ingestor.port)]);
+    prometheus.wait_for_targets_up(2, Duration::from_secs(30));
+    // Let the load run so that rates and histograms have samples.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    let dashboards: Vec<Value> = dashboard_files()
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    let mut promql = Vec::new();
+    let mut sql = Vec::new();
+    for dashboard in &dashboards {
+        collect_queries(dashboard, &mut promql, &mut sql);
+    }
+    assert!(promql.len() >= 10, "too few PromQL queries: {promql:#?}");
+    assert!(sql.len() >= 5, "too few SQL queries: {sql:#?}");
+
+    // Assert: every metric a dashboard names is exported by a service.
+    let exposition = format!(
+        "{}\n{}",
+        http_get(generator.port, "/metrics").1,
+        http_get(ingestor.port, "/metrics").1
+    );
+    for (panel, expr) in &promql {
+        for metric in metric_names(expr) {
+            assert!(
+                exposition.lines().any(|l| l
+                    .strip_prefix(metric.as_str())
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))),
+                "panel {panel:?} queries {metric}, which no service exports"
+            );
+        }
+    }
+
+    // Assert: every PromQL expression returns data (retrying briefly for slow first samples).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut empty: Vec<String>;
+    loop {
+        empty = Vec::new();
+        for (panel, expr) in &promql {
+            let query = expand_promql(expr);
+            let (status, body) = prometheus.query(&query);
+            let json: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{panel}: {query}: bad response {status} {e}: {body}"));
+            assert_eq!(
+                json["status"], "success",
+                "panel {panel:?}: {query} failed: {body}"
+            );
+            if json["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+                empty.push(format!("{panel}: {query}"));
+            }
+        }
+        if empty.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(empty.is_empty(), "PromQL queries without data: {empty:#?}");
+
+    // Assert: every Business query returns rows, reading as the read-only analyst role.
+    let client = db.client().await;
+    client.batch_execute("SET ROLE analyst").await.unwrap();
+    for (panel, raw) in &sql {
+        let query = expand_sql(raw);
+        let messages = client
+            .simple_query(&query)
+            .await
+            .unwrap_or_else(|e| panic!("panel {panel:?}: {query}\nfailed: {e:?}"));
+        let rows: Vec<_> = messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !rows.is_empty(),
+            "panel {panel:?} returned no rows: {query}"
+        );
+        assert!(
+            rows.iter()
+                .any(|r| (0..r.len()).all(|i| r.get(i).is_some())),
+            "panel {panel:?} returned only rows with NULLs: {query}"
+        );
+    }
+    drop(prometheus);
+    drop(generator);
+    drop(ingestor);
+}
+
+/// Walks a dashboard (panels, nested row panels) and collects `(panel title, query)` pairs:
+/// PromQL `expr`s of Prometheus targets and `rawSql` of PostgreSQL targets.
+fn collect_queries(
+    node: &Value,
+    promql: &mut Vec<(String, String)>,
+    sql: &mut Vec<(String, String)>,
+) {
+    for panel in node["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or_default().to_owned();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let datasource = if target["datasource"].is_object() {
+                &target["datasource"]
+            } else {
+                &panel["datasource"]
+            };
+            match datasource["type"].as_str() {
+                Some("prometheus") => {
+                    let expr = target["expr"]
+                        .as_str()
+                        .expect("Prometheus target without expr");
+                    promql.push((title.clone(), expr.to_owned()));
+                }
+                Some("grafana-postgresql-datasource" | "postgres") => {
+                    let raw = target["rawSql"]
+                        .as_str()
+                        .expect("PostgreSQL target without rawSql");
+                    sql.push((title.clone(), raw.to_owned()));
+                }
+                other => panic!("panel {title:?} uses an unexpected datasource {other:?}"),
+            }
+        }
+        collect_queries(panel, promql, sql);
+    }
+}
+
+/// Grafana's interval variables, as a fixed window.
+fn expand_promql(expr: &str) -> String {
+    ["$__rate_interval", "$__interval", "$__range"]
+        .iter()
+        .fold(expr.to_owned(), |e, var| e.replace(var, "1m"))
+}
+
+/// Grafana's PostgreSQL time macros, as a window of a day either side of now (the generator's
+/// late events lie in the past).
+fn expand_sql(raw: &str) -> String {
+    const MACRO: &str = "$__timeFilter(";
+    let mut sql = raw.to_owned();
+    while let Some(start) = sql.find(MACRO) {
+        let args = start + MACRO.len();
+        let end = args + sql[args..].find(')').expect("unclosed $__timeFilter(");
+        let column = sql[args..end].trim().to_owned();
+        sql.replace_range(
+            start..=end,
+            &format!("{column} BETWEEN now() - interval '1 day' AND now() + interval '1 day'"),
+        );
+    }
+    let sql = sql
+        .replace("$__timeFrom()", "(now() - interval '1 day')")
+        .replace("$__timeTo()", "(now() + interval '1 day')");
+    assert!(!sql.contains('$'), "an unexpanded Grafana macro in: {sql}");
+    sql
+}
+
+/// The project metrics an expression names (identifiers starting with a service's namespace).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("generator_") || t.starts_with("ingestor_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A free TCP port on 127.0.0.1 (released again, so a child can bind it).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Collects a child's output lines, echoing them when `TEST_LOG` is set.
+fn capture(name: &'static str, streams: Vec<Box<dyn Read + Send>>) -> Arc<Mutex<Vec<String>>> {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    for stream in streams {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("[{name}] {line}");
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+    }
+    logs
+}
+
+/// The real generator binary, writing files into the ingestor's input directory.
+struct Generator {
+    _guard: ChildGuard,
+    port: u16,
+}
+
+impl Generator {
+    fn spawn(out: &Path) -> Generator {
+        // Integration tests run from target/<profile>/deps; the workspace's binaries sit one up.
+        let exe = std::env::current_exe().unwrap();
+        let binary = exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("generator");
+        assert!(
+            binary.is_file(),
+            "{} is missing: run cargo build -p generator (scripts/test builds it through \
+             cargo test --workspace)",
+            binary.display()
+        );
+        let mut child = Command::new(&binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                "500",
+                "--rows",
+                "50",
+                "--invalid-ratio",
+                "0.05",
+                "--duplicate-ratio",
+                "0.02",
+                "--late-ratio",
+                "0.02",
+                "--log-format",
+                "json",
+                "--out",
+            ])
+            .arg(out)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = capture(
+            "generator",
+            vec![
+                Box::new(child.stdout.take().unwrap()),
+                Box::new(child.stderr.take().unwrap()),
+            ],
+        );
+        let mut guard = ChildGuard::new(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("Generator starting"))
+                .cloned();
+            if let Some(line) = line {
+                let json: Value = serde_json::from_str(&line).unwrap();
+                let listen = json["listen"].as_str().expect("no listen field").to_owned();
+                let port = listen.rsplit(':').next().unwrap().parse().unwrap();
+                return Generator {
+                    _guard: guard,
+                    port,
+                };
+            }
+            if let Some(status) = guard.child_mut().try_wait().unwrap() {
+                panic!(
+                    "generator exited with {status}: {:#?}",
+                    logs.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "generator did not start: {:#?}",
+                logs.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A real Prometheus server with the shipped scrape jobs pointed at the test's ports.
+struct Prometheus {
+    /// Kills it when the test ends.
+    _guard: ChildGuard,
+    port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts it with one static target per `(job, port)`, scraped every second.
+    fn spawn(jobs: &[(&str, u16)]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = String::from(
+            "# The shipped grafana/prometheus/prometheus.yml with static test targets.\n\
+             global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n",
+        );
+        for (job, port) in jobs {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+            ));
+        }
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).unwrap();
+        let port = free_port();
+        let mut child = match Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => panic!(
+                "cannot start prometheus ({e}); install it: apt-get install -y prometheus \
+                 (.ci/run does this)"
+            ),
+        };
+        let logs = capture(
+            "prometheus",
+            vec![
+                Box::new(child.stdout.take().unwrap()),
+                Box::new(child.stderr.take().unwrap()),
+            ],
+        );
+        Prometheus {
+            _guard: ChildGuard::new(child),
+            port,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `count` targets are scraped successfully.
+    fn wait_for_targets_up(&self, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let (status, body) = http_get(self.port, "/api/v1/targets?state=active");
+            if status == 200 {
+                let json: Value = serde_json::from_str(&body).unwrap();
+                let targets = json["data"]["activeTargets"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if targets.len() == count && targets.iter().all(|t| t["health"] == "up") {
+                    return;
+                }
+                last = body;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "Prometheus did not scrape {count} targets: {last}\nlogs: {:#?}",
+            self.logs.lock().unwrap()
+        );
+    }
+
+    /// An instant query through the HTTP API: (status code, body).
+    fn query(&self, promql: &str) -> (u16, String) {
+        http_get(
+            self.port,
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+        )
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
