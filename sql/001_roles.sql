@@ -50,6 +50,24 @@ EXCEPTION
 END
 $$;
 
+-- grafana_reader: Grafana's login for the Business dashboard; a member of analyst and nothing
+-- else, so it may only read. The membership is granted by the session that creates the role,
+-- so concurrent applications never update the same membership row. No password here: the
+-- deployment sets it (services/postgres/initdb.sh reads it from a Compose secret).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'grafana_reader') THEN
+        CREATE ROLE grafana_reader LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+            NOBYPASSRLS IN ROLE analyst;
+        COMMENT ON ROLE grafana_reader IS
+            'Grafana''s read-only login (member of analyst). Password set by the deployment.';
+    END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL; -- another session created it concurrently
+END
+$$;
+
 -- Nobody but the owner may create objects in schema public. PostgreSQL 15 already ships this
 -- way for new clusters, but databases created from an older template (or upgraded with
 -- pg_upgrade) may still grant CREATE to PUBLIC; revoking is idempotent.

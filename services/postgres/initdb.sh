@@ -17,12 +17,18 @@ for script in /sql/*.sql; do
     psql_admin -q -f "$script"
 done
 
-password_file=${INGESTOR_DB_PASSWORD_FILE:-/run/secrets/ingestor_db_password}
-if [ -s "$password_file" ]; then
-    # psql's :'var' quoting keeps any character of the password literal.
-    psql_admin -q -v password="$(tr -d '\r\n' <"$password_file")" \
-        <<<"ALTER ROLE ingestor PASSWORD :'password';"
-    echo "initdb: password of role ingestor set from $password_file"
-else
-    echo "initdb: WARNING: no password file at $password_file; role ingestor cannot log in over TCP" >&2
-fi
+# Sets a login role's password from a secret file; psql's :'var' quoting keeps any character
+# of the password literal.
+set_password() {
+    local role=$1 file=$2
+    if [ -s "$file" ]; then
+        psql_admin -q -v password="$(tr -d '\r\n' <"$file")" \
+            <<<"ALTER ROLE $role PASSWORD :'password';"
+        echo "initdb: password of role $role set from $file"
+    else
+        echo "initdb: WARNING: no password file at $file; role $role cannot log in over TCP" >&2
+    fi
+}
+
+set_password ingestor "${INGESTOR_DB_PASSWORD_FILE:-/run/secrets/ingestor_db_password}"
+set_password grafana_reader "${GRAFANA_DB_PASSWORD_FILE:-/run/secrets/grafana_db_password}"

@@ -30,6 +30,21 @@ async fn execute_as_ingestor(client: &mut Client, sql: &str) -> Result<u64, toki
     result
 }
 
+/// Runs `sql` as `role` in a transaction that is rolled back afterwards.
+async fn execute_as(
+    client: &mut Client,
+    role: &str,
+    sql: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(&format!("SET LOCAL ROLE {role}"))
+        .await
+        .unwrap();
+    let result = tx.execute(sql, &[]).await;
+    tx.rollback().await.unwrap();
+    result
+}
+
 async fn database_exists(admin: &Client, name: &str) -> bool {
     admin
         .query_one(
@@ -167,6 +182,57 @@ async fn the_ingestor_role_can_append_events_but_not_delete_them_or_create_table
         create_table
             .expect_err("ingestor must not create tables")
             .code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+}
+
+#[tokio::test]
+async fn grafana_reader_logs_in_as_an_analyst_that_reads_everything_and_writes_nothing() {
+    // Arrange
+    let db = TestDatabase::create().await;
+    let mut client = db.client().await;
+    insert_purchase(&client, Uuid::new_v4()).await.unwrap();
+    let can_login: bool = client
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'grafana_reader'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Act
+    let mut reads = Vec::new();
+    for relation in [
+        "events",
+        "ingest_files",
+        "rejected_rows",
+        "analytics_events_per_minute",
+        "analytics_revenue_per_minute",
+        "analytics_funnel_by_hour",
+        "analytics_top_products",
+        "analytics_rejections_by_reason",
+    ] {
+        reads.push((
+            relation,
+            execute_as(
+                &mut client,
+                "grafana_reader",
+                &format!("SELECT * FROM {relation}"),
+            )
+            .await,
+        ));
+    }
+    let insert = execute_as(&mut client, "grafana_reader", "DELETE FROM ingest_files").await;
+    // Assert
+    assert!(can_login);
+    for (relation, read) in reads {
+        assert!(
+            read.is_ok(),
+            "grafana_reader cannot read {relation}: {read:?}"
+        );
+    }
+    assert_eq!(
+        insert.expect_err("grafana_reader must not write").code(),
         Some(&SqlState::INSUFFICIENT_PRIVILEGE)
     );
 }
