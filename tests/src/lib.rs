@@ -17,7 +17,8 @@
 //!   [`DEFAULT_DATABASE_URL`]); [`TestDatabase`] creates a uniquely named database on it,
 //!   applies every script with [`apply_sql_scripts`], hands out clients, and drops the database
 //!   again when it goes out of scope. [`connect`] opens a client for any connection string.
-//! - **Processes**: [`ChildGuard`] owns a child process and kills it when dropped.
+//! - **Processes**: [`ChildGuard`] owns a child process and kills it when dropped;
+//!   [`http_get`] asks a service started that way one HTTP question.
 //!
 //! The harness panics (with one clear message) instead of returning errors where a test could
 //! not do anything useful with an error anyway, e.g. when the server is unreachable; those
@@ -435,6 +436,32 @@ fn error_line(error: &tokio_postgres::Error, sql: &str) -> Option<usize> {
         }
         ErrorPosition::Internal { .. } => None,
     }
+}
+
+/// A minimal HTTP/1.0 `GET path` on `127.0.0.1:port`: (status, body); status 0 when nothing
+/// answers. Enough for a service's health and metrics endpoints without an HTTP client.
+///
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    if write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 #[cfg(test)]

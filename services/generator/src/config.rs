@@ -108,26 +108,7 @@ pub struct Settings {
     pub listen: SocketAddr,
 }
 
-/// Why the configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The named configuration file does not exist.
-    #[error("configuration file `{0}` does not exist")]
-    MissingFile(PathBuf),
-    /// A value could not be read as the key's type (figment names key, value and source).
-    #[error("invalid configuration: {0}")]
-    Layering(#[from] Box<figment::Error>),
-    /// A value has the right type but is out of range.
-    #[error("invalid configuration: key `{key}` = `{value}`: {reason}")]
-    Invalid {
-        /// The configuration key.
-        key: &'static str,
-        /// The offending value as given.
-        value: String,
-        /// What a valid value looks like.
-        reason: &'static str,
-    },
-}
+pub use service_support::ConfigError;
 
 /// Writes realistic synthetic e-commerce event CSV files into a directory, atomically.
 ///
@@ -228,10 +209,10 @@ impl RawSettings {
     /// # Errors
     /// [`ConfigError::Invalid`] for the first out-of-range key.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let invalid = |key, value: &dyn std::fmt::Display, reason| ConfigError::Invalid {
+        let invalid = |key, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
             key,
             value: value.to_string(),
-            reason,
+            reason: reason.to_owned(),
         };
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(invalid(

@@ -11,6 +11,7 @@ use event_contract::RejectReason;
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use service_support::{counter_vec, register};
 
 use crate::rows::is_injected;
 use crate::summary::RowCounts;
@@ -35,29 +36,6 @@ pub struct Metrics {
     files: IntCounter,
     bytes: IntCounter,
     target_rate: Gauge,
-}
-
-fn register<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: M,
-) -> prometheus::Result<M> {
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
-}
-
-fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
-    // Pre-create every series at 0 so dashboards and rate() see them before the first file.
-    for value in values {
-        metric.with_label_values(&[value]);
-    }
-    register(registry, metric)
 }
 
 impl Metrics {

@@ -3,15 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use event_contract::{EventReader, ExtraColumnPolicy, ValidationContext};
-use stack_tests::ChildGuard;
+use stack_tests::{http_get, ChildGuard};
 
 const GENERATOR: &str = env!("CARGO_BIN_EXE_generator");
 
@@ -287,29 +286,6 @@ fn help_explains_every_knob() {
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
-}
-
-/// A raw HTTP/1.0 GET: (status, body); status 0 when nothing answers.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` -> value.

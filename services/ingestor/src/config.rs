@@ -205,26 +205,7 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// Why the configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The named configuration file does not exist.
-    #[error("configuration file `{0}` does not exist")]
-    MissingFile(PathBuf),
-    /// A value could not be read as the key's type (figment names key, value and source).
-    #[error("invalid configuration: {0}")]
-    Layering(#[from] Box<figment::Error>),
-    /// A value has the right type but is unusable.
-    #[error("invalid configuration: key `{key}` = `{value}`: {reason}")]
-    Invalid {
-        /// The configuration key.
-        key: &'static str,
-        /// The offending value as given (passwords masked).
-        value: String,
-        /// What a valid value looks like.
-        reason: String,
-    },
-}
+pub use service_support::ConfigError;
 
 /// Layers defaults, the TOML file, the environment and the flags, then validates.
 ///

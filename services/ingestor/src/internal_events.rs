@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use event_contract::RejectReason;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use service_support::{counter_vec, histogram, register};
 
 /// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -46,41 +46,6 @@ pub struct Metrics {
     ready: IntGauge,
     pool_connections: IntGauge,
     pool_idle_connections: IntGauge,
-}
-
-fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
-    // Pre-create every series at 0 so dashboards and rate() see them before the first event.
-    for value in values {
-        metric.with_label_values(&[value]);
-    }
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
-}
-
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    buckets: &[f64],
-) -> prometheus::Result<Histogram> {
-    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
-}
-
-fn register<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: M,
-) -> prometheus::Result<M> {
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
 }
 
 impl Metrics {

@@ -1,15 +1,19 @@
-//! Plumbing the generator and the ingestor share, so the two services log and read their
-//! configuration files the same way. Domain code does not belong here: the event contract has
+//! Plumbing the generator and the ingestor share, so the two services log, report configuration
+//! errors and register metrics the same way. Domain code does not belong here: the event contract has
 //! its own crate, and each service keeps its own settings.
 //!
 //! # Layout
 //! - [`LogFormat`] and [`init_logging`]: tracing set-up, text or JSON, level from `RUST_LOG`.
 //! - [`existing_file`]: the check that a configuration file named on the command line exists
 //!   (figment silently ignores a missing file, which would hide a typo).
+//! - [`ConfigError`]: why a configuration cannot be used, naming the key and the value.
+//! - [`register`], [`counter_vec`], [`histogram`]: metric registration in a service-owned
+//!   `prometheus::Registry`, labelled series pre-created at 0.
 #![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
@@ -49,4 +53,72 @@ pub fn existing_file(path: &Path) -> Result<&Path, PathBuf> {
     } else {
         Err(path.to_owned())
     }
+}
+
+/// Why a service's configuration cannot be used; `main` prints it and exits 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named configuration file does not exist.
+    #[error("configuration file `{0}` does not exist")]
+    MissingFile(PathBuf),
+    /// A value could not be read as the key's type (figment names key, value and source).
+    #[error("invalid configuration: {0}")]
+    Layering(#[from] Box<figment::Error>),
+    /// A value has the right type but is unusable.
+    #[error("invalid configuration: key `{key}` = `{value}`: {reason}")]
+    Invalid {
+        /// The configuration key.
+        key: &'static str,
+        /// The offending value as given (passwords masked).
+        value: String,
+        /// What a valid value looks like.
+        reason: String,
+    },
+}
+
+/// Registers `metric` in `registry` and hands it back.
+///
+/// # Errors
+/// Only on a programming error (a duplicate or malformed metric name).
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// A registered counter with one label, every series in `values` created at 0, so dashboards
+/// and `rate()` see them before the first event.
+///
+/// # Errors
+/// Only on a programming error (a duplicate or malformed metric name).
+pub fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    for value in values {
+        metric.with_label_values(&[value]);
+    }
+    register(registry, metric)
+}
+
+/// A registered histogram with the given buckets.
+///
+/// # Errors
+/// Only on a programming error (a duplicate or malformed metric name).
+pub fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+    )
 }

@@ -78,6 +78,27 @@ impl FileOutcome {
     }
 }
 
+/// Planner settings of every loading transaction. For thousands of ids the planner would look
+/// stored event ids up with a sequential scan (it prices index lookups as uncached random
+/// reads, while the key being loaded is hot): measured at 1M rows and 8,192 ids, 96 ms scanning
+/// against 45 ms through the index. The transaction's other statements are key lookups anyway.
+const LOADING_SETTINGS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;";
+
+/// The `SET LOCAL`s a loading transaction starts with, in one round trip: the planner settings,
+/// and a `lock_timeout` so a COPY that would wait for another in-flight transaction (another
+/// loader or replica inserting the same event id) gives up and the file is deferred instead of
+/// this transaction idling until the other one commits (see `load_file`).
+fn loading_settings(settings: &Settings) -> String {
+    let mut sql = LOADING_SETTINGS.to_owned();
+    if !settings.conflict_wait.is_zero() {
+        sql.push_str(&format!(
+            " SET LOCAL lock_timeout = '{}ms';",
+            settings.conflict_wait.as_millis()
+        ));
+    }
+    sql
+}
+
 /// How reading a file ended.
 enum ReadEnd {
     /// Every row was sent; the identity of what was read.
@@ -122,15 +143,9 @@ pub async fn load_batch(
         .transaction()
         .await
         .context("cannot begin a transaction")?;
-    // A COPY that would wait for another in-flight transaction (another loader or replica
-    // inserting the same event id) gives up after this long; the file is deferred instead of
-    // this transaction idling until the other one commits (see `load_file`).
-    if !settings.conflict_wait.is_zero() {
-        let ms = settings.conflict_wait.as_millis();
-        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{ms}ms'"))
-            .await
-            .context("cannot set lock_timeout")?;
-    }
+    tx.batch_execute(&loading_settings(settings))
+        .await
+        .context("cannot apply the loading transaction's settings")?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut rows = 0;
     for (index, candidate) in batch.iter().enumerate() {

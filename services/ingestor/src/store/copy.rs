@@ -126,14 +126,8 @@ async fn drop_stored(
     events: Vec<LineEvent>,
 ) -> anyhow::Result<Vec<LineEvent>> {
     let ids: Vec<Uuid> = events.iter().map(|e| *e.event.event_id.as_uuid()).collect();
-    // For thousands of ids the planner prefers a sequential scan (or a hash join over one): it
-    // prices index lookups as uncached random reads, while the primary key of a table being
-    // loaded is hot. Measured at 1M rows and 8,192 ids: 96 ms scanning, 45 ms through the
-    // index. `SET LOCAL` keeps the override inside this transaction, whose other statements
-    // are primary-key or unique-key lookups anyway.
-    tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
-        .await
-        .context("cannot set the probe's plan")?;
+    // The loading transaction pins this lookup to the primary key (see
+    // `pipeline::loader::LOADING_SETTINGS`).
     let stored: HashSet<Uuid> = tx
         .query(
             "SELECT event_id FROM events WHERE event_id = ANY($1)",

@@ -2,7 +2,6 @@
 //! and the whole server stopped and started again. Whatever happens, the process stays up,
 //! retries, and the database ends up exact; readiness follows the database.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -208,23 +207,6 @@ fn chaos_seed() -> u64 {
     };
     eprintln!("chaos seed: {seed} (replay with CHAOS_SEED={seed})");
     seed
-}
-
-/// The test database's server as a TCP address, for the proxy to forward to.
-fn tcp_address(db: &TestDatabase) -> SocketAddr {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        tokio_postgres::config::Host::Unix(path) => panic!(
-            "the proxy test needs PostgreSQL over TCP, but DATABASE_URL names the socket {}",
-            path.display()
-        ),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-        .unwrap()
-        .next()
-        .unwrap_or_else(|| panic!("{host} does not resolve"))
 }
 
 /// Every 50–300 ms (drawn from `rng`), cuts every live connection, half closed and half reset,

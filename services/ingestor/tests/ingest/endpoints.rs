@@ -470,23 +470,6 @@ async fn wait_for(ingestor: &Ingestor, path: &str, status: u16, when: &str) -> S
     }
 }
 
-/// The test database's server as a TCP address, for the proxy to forward to.
-fn tcp_address(db: &TestDatabase) -> SocketAddr {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        tokio_postgres::config::Host::Unix(path) => panic!(
-            "the readiness test needs PostgreSQL over TCP, but DATABASE_URL names the socket {}",
-            path.display()
-        ),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-        .unwrap()
-        .next()
-        .unwrap_or_else(|| panic!("{host} does not resolve"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // A forwarder that can be switched off and on again at the same address.
 

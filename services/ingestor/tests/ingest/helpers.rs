@@ -2,14 +2,14 @@
 //! check the database against the contract's own reading of the files.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_contract::{EventReader, ExtraColumnPolicy, ValidationContext};
+pub use stack_tests::http_get;
 use stack_tests::{ChildGuard, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -147,29 +147,6 @@ pub fn signal(pid: u32, name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name} {pid} failed");
-}
-
-/// A minimal HTTP/1.0 GET (no client library needed for two endpoints).
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Fault-injection knobs for [`generate`].
@@ -438,4 +415,21 @@ pub fn csv_names(dir: &Path) -> std::collections::BTreeSet<String> {
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "csv"))
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect()
+}
+
+/// The test database's server as a TCP address, for a proxy in front of it to forward to.
+pub fn tcp_address(db: &TestDatabase) -> std::net::SocketAddr {
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        tokio_postgres::config::Host::Unix(path) => panic!(
+            "a proxy test needs PostgreSQL over TCP, but DATABASE_URL names the socket {}",
+            path.display()
+        ),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .unwrap()
+        .next()
+        .unwrap_or_else(|| panic!("{host} does not resolve"))
 }
