@@ -21,6 +21,10 @@ pub const ENV_PREFIX: &str = "INGESTOR_";
 /// practice and would overflow time arithmetic.
 const MAX_FUTURE_SKEW_SECONDS: u64 = 366 * 24 * 3600;
 
+/// Largest accepted `dedup_memory_ids`: about 50 MiB per memory, beyond which the memory would
+/// cost more than the lookups it saves.
+const MAX_DEDUP_MEMORY_IDS: usize = 1 << 20;
+
 pub use service_support::LogFormat;
 
 /// What happens to a file once its transaction committed.
@@ -85,6 +89,9 @@ pub struct RawSettings {
     pub conflict_wait_ms: u64,
     /// Rows per COPY chunk: the unit of streaming and of the memory bound.
     pub chunk_rows: usize,
+    /// Event ids remembered as recently stored (per loader's file and batch, and per process's
+    /// commits), so most duplicates are dropped without a database lookup; 0 disables it.
+    pub dedup_memory_ids: usize,
     /// At most this many files in one transaction when a backlog builds.
     pub batch_max_files: usize,
     /// A batch closes once it holds this many rows.
@@ -129,6 +136,7 @@ impl Default for RawSettings {
             loaders: 2,
             conflict_wait_ms: 50,
             chunk_rows: 8_192,
+            dedup_memory_ids: 16_384,
             batch_max_files: 32,
             batch_max_rows: 200_000,
             pool_size: 4,
@@ -181,6 +189,8 @@ pub struct Settings {
     pub conflict_wait: Duration,
     /// Rows per COPY chunk.
     pub chunk_rows: usize,
+    /// Capacity of each recently-stored-ids memory.
+    pub dedup_memory_ids: usize,
     /// Files per transaction under backlog.
     pub batch_max_files: usize,
     /// Rows per transaction under backlog.
@@ -326,6 +336,13 @@ impl RawSettings {
                 format!("must exceed loaders ({}): each loader holds a connection and readiness checks need one more", self.loaders),
             ));
         }
+        if self.dedup_memory_ids > MAX_DEDUP_MEMORY_IDS {
+            return Err(invalid(
+                "dedup_memory_ids",
+                self.dedup_memory_ids,
+                format!("must be at most {MAX_DEDUP_MEMORY_IDS} (each id costs about 50 bytes in each of 2 x loaders + 1 memories)"),
+            ));
+        }
         if self.max_future_skew_seconds > MAX_FUTURE_SKEW_SECONDS {
             return Err(invalid(
                 "max_future_skew_seconds",
@@ -378,6 +395,7 @@ impl RawSettings {
             loaders: self.loaders,
             conflict_wait: ms(self.conflict_wait_ms),
             chunk_rows: self.chunk_rows,
+            dedup_memory_ids: self.dedup_memory_ids,
             batch_max_files: self.batch_max_files,
             batch_max_rows: self.batch_max_rows,
             pool_size: self.pool_size,

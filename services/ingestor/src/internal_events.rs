@@ -40,6 +40,7 @@ pub struct Metrics {
     transaction_duration: Histogram,
     db_errors: IntCounter,
     retries: IntCounter,
+    dedup_lookups: IntCounter,
     backlog_files: IntGauge,
     backlog_bytes: IntGauge,
     oldest_file_age: prometheus::Gauge,
@@ -121,6 +122,13 @@ impl Metrics {
                 IntCounter::new(
                     "ingestor_retries_total",
                     "Transactions retried after a database error.",
+                )?,
+            )?,
+            dedup_lookups: register(
+                &registry,
+                IntCounter::new(
+                    "ingestor_dedup_lookups_total",
+                    "Chunks whose event ids were looked up in the database because it found duplicates the in-memory id memory did not know.",
                 )?,
             )?,
             backlog_files: register(
@@ -212,6 +220,8 @@ pub struct FileLoaded<'a> {
     pub latency: Duration,
     /// Event timestamps (seconds ago at commit) of accepted rows, for the lag histogram.
     pub lags: &'a [f64],
+    /// Chunks whose ids were looked up in the database.
+    pub dedup_lookups: u64,
 }
 
 impl FileLoaded<'_> {
@@ -229,6 +239,7 @@ impl FileLoaded<'_> {
             "File loaded"
         );
         m.files.with_label_values(&["loaded"]).inc();
+        m.dedup_lookups.inc_by(self.dedup_lookups);
         m.rows.with_label_values(&["accepted"]).inc_by(c.accepted);
         m.rows
             .with_label_values(&["duplicate"])

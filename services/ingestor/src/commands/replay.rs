@@ -13,6 +13,7 @@ use crate::lifecycle;
 use crate::pipeline::loader::{load_batch, FileOutcome};
 use crate::pipeline::reader;
 use crate::source::Candidate;
+use crate::store::recent_ids::CommittedIds;
 use crate::store::{build_pool, connect_once};
 
 /// Loads `path`; `Ok(true)` when its rows are (now or already) in the database.
@@ -57,6 +58,7 @@ pub async fn run(settings: Settings, path: &Path) -> anyhow::Result<bool> {
         &pool,
         std::slice::from_ref(&candidate),
         &CancellationToken::new(),
+        &CommittedIds::new(0),
     )
     .await?;
     let Some((_, outcome)) = outcomes.into_iter().next() else {

@@ -17,8 +17,9 @@ use super::FileIdentity;
 use crate::config::Settings;
 use crate::internal_events::LineCounts;
 use crate::source::Candidate;
-use crate::store::copy::{copy_rejections, insert_new, DedupMode};
+use crate::store::copy::{copy_rejections, insert_new, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
+use crate::store::recent_ids::{CommittedIds, RecentIds};
 use crate::store::Pool;
 
 /// Chunks buffered between reader and loader: enough to overlap reading with writing, small
@@ -67,6 +68,10 @@ pub struct LoadedFile {
     pub rejected_by_reason: Vec<(RejectReason, u64)>,
     /// A sample of accepted events' timestamps (µs since the epoch).
     pub event_times: Vec<i64>,
+    /// The file's last valid ids, remembered as stored once the batch commits.
+    pub ids: RecentIds,
+    /// Chunks whose ids had to be looked up in the database.
+    pub dedup_lookups: u64,
 }
 
 impl FileOutcome {
@@ -113,7 +118,8 @@ enum ReadEnd {
 }
 
 /// Loads up to `batch_max_files` of `candidates` (fewer once `batch_max_rows` rows are in, or
-/// when shutdown is requested) in one transaction.
+/// when shutdown is requested) in one transaction. The ids of committed files are remembered
+/// in `committed`, so that later files' duplicates of them are recognised in memory.
 ///
 /// # Errors
 /// On any database error; the transaction is then rolled back and the caller retries. An error
@@ -123,6 +129,7 @@ pub async fn load_batch(
     pool: &Pool,
     candidates: &[Candidate],
     cancel: &CancellationToken,
+    committed: &CommittedIds,
 ) -> anyhow::Result<Vec<(Candidate, FileOutcome)>> {
     let batch = &candidates[..candidates.len().min(settings.batch_max_files)];
     let Some(first) = batch.first() else {
@@ -147,6 +154,7 @@ pub async fn load_batch(
         .await
         .context("cannot apply the loading transaction's settings")?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut batch_ids = RecentIds::new(settings.dedup_memory_ids);
     let mut rows = 0;
     for (index, candidate) in batch.iter().enumerate() {
         let Some(current) = identity.take() else {
@@ -156,7 +164,19 @@ pub async fn load_batch(
         let outcome = match current {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
             Err(e) => FileOutcome::Retry(format!("cannot read: {e}")),
-            Ok(identity) => load_file(&mut tx, settings, candidate, identity).await?,
+            Ok(identity) => {
+                let known = KnownIds {
+                    batch: &batch_ids,
+                    committed,
+                };
+                let mut outcome = load_file(&mut tx, settings, candidate, identity, known).await?;
+                if let FileOutcome::Loaded(loaded) = &mut outcome {
+                    for id in std::mem::take(&mut loaded.ids).iter() {
+                        batch_ids.insert(*id);
+                    }
+                }
+                outcome
+            }
         };
         rows += outcome.lines();
         outcomes.push((candidate.clone(), outcome));
@@ -170,6 +190,7 @@ pub async fn load_batch(
     tx.commit()
         .await
         .context("COMMIT failed; its outcome is unknown until the ledger is read again")?;
+    committed.remember(batch_ids.iter());
     Ok(outcomes)
 }
 
@@ -185,6 +206,7 @@ async fn load_file(
     settings: &Arc<Settings>,
     candidate: &Candidate,
     identity: FileIdentity,
+    known: KnownIds<'_>,
 ) -> anyhow::Result<FileOutcome> {
     let mut sp = tx
         .savepoint("file")
@@ -211,7 +233,7 @@ async fn load_file(
         }
         Claim::Claimed { file_id } => file_id,
     };
-    let (end, loaded) = match stream_file(&mut sp, settings, candidate, file_id).await {
+    let (end, loaded) = match stream_file(&mut sp, settings, candidate, file_id, known).await {
         Ok(streamed) => streamed,
         Err(e) if is_lock_timeout(&e) => {
             // Some of its events are being inserted by another in-flight transaction: undo
@@ -276,6 +298,7 @@ async fn stream_file(
     settings: &Arc<Settings>,
     candidate: &Candidate,
     file_id: i64,
+    known: KnownIds<'_>,
 ) -> anyhow::Result<(ReadEnd, LoadedFile)> {
     let (sender, mut receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let path = candidate.path.clone();
@@ -291,18 +314,18 @@ async fn stream_file(
         file_id,
         ..LoadedFile::default()
     };
-    let mut dedup = DedupMode::default();
-    loop {
+    let mut dedup = FileDedup::new(settings.dedup_memory_ids);
+    let (end, mut loaded) = loop {
         let chunk = match receiver.recv().await {
             Some(ReadMessage::Chunk(chunk)) => chunk,
-            Some(ReadMessage::Done(identity)) => return Ok((ReadEnd::Done(identity), loaded)),
+            Some(ReadMessage::Done(identity)) => break (ReadEnd::Done(identity), loaded),
             Some(ReadMessage::Unreadable { reason, message }) => {
-                return Ok((ReadEnd::Unreadable { reason, message }, loaded))
+                break (ReadEnd::Unreadable { reason, message }, loaded)
             }
-            Some(ReadMessage::Interrupted(e)) => return Ok((ReadEnd::Interrupted(e), loaded)),
+            Some(ReadMessage::Interrupted(e)) => break (ReadEnd::Interrupted(e), loaded),
             None => {
                 let gone = io::Error::other("reader stopped without finishing");
-                return Ok((ReadEnd::Interrupted(gone), loaded));
+                break (ReadEnd::Interrupted(gone), loaded);
             }
         };
         let counts = &mut loaded.counts;
@@ -318,12 +341,15 @@ async fn stream_file(
                 .take(room)
                 .map(|e| e.event.event_timestamp.as_utc().timestamp_micros()),
         );
-        let (accepted, duplicates) = insert_new(tx, file_id, chunk.events, &mut dedup).await?;
-        counts.accepted += accepted;
-        counts.duplicates += duplicates;
+        let inserted = insert_new(tx, file_id, chunk.events, &mut dedup, known).await?;
+        counts.accepted += inserted.accepted;
+        counts.duplicates += inserted.duplicates;
+        loaded.dedup_lookups += u64::from(inserted.looked_up);
         copy_rejections(tx, file_id, &chunk.rejections).await?;
         count_by_reason(&chunk.rejections, &mut loaded.rejected_by_reason);
-    }
+    };
+    loaded.ids = dedup.into_ids();
+    Ok((end, loaded))
 }
 
 fn is_lock_timeout(error: &anyhow::Error) -> bool {

@@ -26,6 +26,7 @@ use crate::internal_events::{
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
+use crate::store::recent_ids::CommittedIds;
 use crate::store::{is_data_error, ledger, Pool};
 
 /// How long a file another replica is loading (or that could not be read) is left alone.
@@ -49,6 +50,8 @@ struct Shared {
     discovery: Discovery,
     /// Files some loop is loading; a std mutex, never held across an await.
     in_flight: Mutex<HashSet<PathBuf>>,
+    /// Event ids the loops committed recently (duplicates of them are dropped in memory).
+    committed: CommittedIds,
 }
 
 /// Runs the loader loops until `cancel` fires; each returns after its batch in flight committed
@@ -68,6 +71,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         discovery,
         in_flight: Mutex::default(),
+        committed: CommittedIds::new(settings.dedup_memory_ids),
     });
     let mut loops = JoinSet::new();
     for index in 0..settings.loaders {
@@ -147,7 +151,7 @@ async fn run_loop(ctx: LoopContext) {
         };
         let batch = claimed.files();
         let started = Instant::now();
-        match load_batch(&settings, &pool, batch, &cancel).await {
+        match load_batch(&settings, &pool, batch, &cancel, &shared.committed).await {
             Ok(outcomes) => {
                 state.database_ok.store(true, Ordering::Relaxed);
                 state.metrics.set_ready(true);
@@ -385,6 +389,7 @@ fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
         file_id: loaded.file_id,
         counts: loaded.counts,
         rejected_by_reason: &loaded.rejected_by_reason,
+        dedup_lookups: loaded.dedup_lookups,
         bytes: candidate.size,
         latency: SystemTime::now()
             .duration_since(candidate.modified)

@@ -1,7 +1,8 @@
 //! Writing rows with binary COPY: the fastest way into PostgreSQL, and no text escaping to get
 //! wrong. COPY cannot skip conflicts, so deduplication works around it: ids repeated in a chunk
-//! are dropped in memory, and ids already stored (by any earlier file or transaction, or earlier
-//! in this one) are caught by the primary key and then filtered out with one indexed lookup.
+//! are dropped in memory, as are ids remembered as recently stored (`store::recent_ids`); ids
+//! already stored otherwise (by any earlier file or transaction, or earlier in this one) are
+//! caught by the primary key and then filtered out with one indexed lookup.
 
 use std::collections::HashSet;
 
@@ -13,6 +14,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
+
+use super::recent_ids::{CommittedIds, RecentIds};
 
 const COPY_EVENTS: &str = "COPY events (event_id, user_id, product_id, event_type, price, \
     event_timestamp, source_file_id, source_line) FROM STDIN (FORMAT binary)";
@@ -57,20 +60,60 @@ pub struct LineEvent {
 /// retry follows another transaction storing one of the chunk's ids concurrently).
 const MAX_CHUNK_ATTEMPTS: usize = 5;
 
-/// How a loader deduplicates: optimistic (COPY first, let the primary key find duplicates) or
-/// probe first (look up the chunk's ids, COPY only new ones). Probing costs an index lookup per
-/// row, as much as a third of the COPY itself, so it is only done while duplicates are being
-/// found; a chunk without any switches back to optimistic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DedupMode {
+/// How a loader deduplicates one file: optimistic (COPY first, let the primary key find
+/// duplicates) or probe first (look up the chunk's ids, COPY only new ones), and what it
+/// remembers. Probing costs an index lookup per row, as much as a third of the COPY itself, so
+/// it is only done while the database keeps finding duplicates the memory did not know; a chunk
+/// without any switches back to optimistic.
+#[derive(Debug)]
+pub struct FileDedup {
     probe_first: bool,
+    /// This file's most recent valid ids: stored, or inserted earlier in this transaction.
+    file: RecentIds,
 }
 
-/// Inserts the chunk's events that are not stored yet; returns (accepted, duplicates).
+impl FileDedup {
+    /// Dedup state for a new file, remembering up to `capacity` of its ids.
+    pub fn new(capacity: usize) -> Self {
+        FileDedup {
+            probe_first: false,
+            file: RecentIds::new(capacity),
+        }
+    }
+
+    /// The file's remembered ids, for the batch once the file's savepoint is released.
+    pub fn into_ids(self) -> RecentIds {
+        self.file
+    }
+}
+
+/// Ids known to be stored before a file starts: those of files loaded earlier in the same
+/// transaction, and those this process committed recently.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownIds<'a> {
+    /// Files loaded earlier in this transaction (their savepoints released).
+    pub batch: &'a RecentIds,
+    /// Committed by this process.
+    pub committed: &'a CommittedIds,
+}
+
+/// What inserting a chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInserted {
+    /// Rows written.
+    pub accepted: u64,
+    /// Rows whose event id was already stored (or repeated).
+    pub duplicates: u64,
+    /// Whether the chunk's ids were looked up in the database.
+    pub looked_up: bool,
+}
+
+/// Inserts the chunk's events that are not stored yet.
 ///
-/// Ids repeated inside the chunk are dropped in memory. The rest is COPYed under a savepoint;
-/// if the primary key reports a duplicate, the chunk is rolled back, its stored ids are looked
-/// up (this also sees rows written earlier in the same transaction) and the new ones COPYed.
+/// Ids repeated inside the chunk, or remembered as stored (see [`RecentIds`]), are dropped in
+/// memory. The rest is COPYed under a savepoint; if the primary key reports a duplicate, the
+/// chunk is rolled back, its stored ids are looked up (this also sees rows written earlier in
+/// the same transaction) and the new ones COPYed.
 ///
 /// # Errors
 /// On a database error, or when concurrent writers keep storing the chunk's ids.
@@ -78,16 +121,28 @@ pub async fn insert_new(
     tx: &mut Transaction<'_>,
     file_id: i64,
     events: Vec<LineEvent>,
-    mode: &mut DedupMode,
-) -> anyhow::Result<(u64, u64)> {
+    dedup: &mut FileDedup,
+    known: KnownIds<'_>,
+) -> anyhow::Result<ChunkInserted> {
     let total = events.len() as u64;
-    let mut seen = HashSet::with_capacity(events.len());
+    let ids: Vec<Uuid> = events.iter().map(|e| *e.event.event_id.as_uuid()).collect();
+    let committed = known.committed.stored(ids.iter());
+    let mut in_chunk = HashSet::with_capacity(events.len());
     let mut batch: Vec<LineEvent> = events
         .into_iter()
-        .filter(|e| seen.insert(*e.event.event_id.as_uuid()))
+        .zip(committed)
+        .filter(|(e, committed)| {
+            let id = e.event.event_id.as_uuid();
+            in_chunk.insert(*id)
+                && !committed
+                && !dedup.file.contains(id)
+                && !known.batch.contains(id)
+        })
+        .map(|(e, _)| e)
         .collect();
     let unique = batch.len();
-    if mode.probe_first {
+    let mut looked_up = dedup.probe_first;
+    if looked_up {
         batch = drop_stored(tx, batch).await?;
     }
     for _ in 0..MAX_CHUNK_ATTEMPTS {
@@ -101,15 +156,23 @@ pub async fn insert_new(
                     .commit()
                     .await
                     .context("cannot release the chunk savepoint")?;
-                mode.probe_first = batch.len() < unique;
-                return Ok((written, total - written));
+                dedup.probe_first = batch.len() < unique;
+                for id in ids {
+                    dedup.file.insert(id);
+                }
+                return Ok(ChunkInserted {
+                    accepted: written,
+                    duplicates: total - written,
+                    looked_up,
+                });
             }
             Err(e) if is_unique_violation(&e) => {
                 chunk
                     .rollback()
                     .await
                     .context("cannot roll back the chunk savepoint")?;
-                mode.probe_first = true;
+                dedup.probe_first = true;
+                looked_up = true;
                 batch = drop_stored(tx, batch).await?;
             }
             Err(e) => return Err(e),

@@ -5,5 +5,6 @@
 pub mod copy;
 pub mod ledger;
 pub mod pool;
+pub mod recent_ids;
 
 pub use pool::{build_pool, connect_once, is_data_error, Pool};

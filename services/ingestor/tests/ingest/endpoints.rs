@@ -20,6 +20,55 @@ use crate::helpers::*;
 /// How long readiness may take to follow the database, either way.
 const READINESS_BOUND: Duration = Duration::from_secs(15);
 
+/// Duplicates of recently stored events are recognised in memory (`dedup_memory_ids`) instead of
+/// by a failed COPY and a database lookup. The memory must never change a result: the same
+/// files load to the same exact accounting with it and without it, and with it (one loader,
+/// duplicates repeating recent events, as the generator writes them) no chunk needs a lookup.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_id_memory_saves_every_lookup_and_never_changes_a_result() {
+    // Arrange: files whose duplicates repeat events of the same chunk, of earlier chunks of the
+    // same file, of earlier files in the same transaction and of earlier transactions.
+    let source = tempfile::tempdir().unwrap();
+    let faults = Faults {
+        invalid: 0.01,
+        duplicate: 0.05,
+        late: 0.0,
+    };
+    generate(source.path(), 8, 1_000, 21, faults);
+    let files = event_files(source.path());
+    let expected = expected(&files);
+    let mut lookups = Vec::new();
+    for memory in ["16384", "0"] {
+        let db = TestDatabase::create().await;
+        let input = tempfile::tempdir().unwrap();
+        let env = [
+            ("INGESTOR_LOADERS", "1"),
+            ("INGESTOR_CHUNK_ROWS", "250"),
+            ("INGESTOR_BATCH_MAX_FILES", "2"),
+            ("INGESTOR_DEDUP_MEMORY_IDS", memory),
+        ];
+        let ingestor = Ingestor::spawn(&ingestor_url(&db), input.path(), &env);
+        // Act: publish the files atomically, oldest first.
+        for file in &files {
+            let name = file.file_name().unwrap();
+            let staged = source.path().join(".staged");
+            std::fs::copy(file, &staged).unwrap();
+            std::fs::rename(&staged, input.path().join(name)).unwrap();
+        }
+        wait_for_ledger(&db, input.path(), files.len(), Duration::from_secs(60)).await;
+        // Assert
+        assert_exact(&db, &expected).await;
+        let (status, body) = get(ingestor.port, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        lookups.push(Exposition::parse(&body).value("ingestor_dedup_lookups_total", &[]));
+    }
+    assert_eq!(lookups[0], 0.0, "with the memory, no chunk needed a lookup");
+    assert!(
+        lookups[1] >= 8.0,
+        "without the memory, duplicates cost lookups: {lookups:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_exactly_what_a_known_input_should_produce() {
     // Arrange
