@@ -128,7 +128,7 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     "ingestor_dedup_lookups_total",
-                    "Chunks whose event ids were looked up in the database because it found duplicates the in-memory id memory did not know.",
+                    "Chunks whose event ids were looked up in the database: after the primary key found a duplicate the in-memory id memory did not know, and for the chunks after it while such duplicates keep coming.",
                 )?,
             )?,
             backlog_files: register(

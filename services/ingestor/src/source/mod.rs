@@ -3,12 +3,12 @@
 //! after writing; a periodic rescan catches everything else (files present at start-up, missed
 //! events, filesystems without inotify).
 
-use std::collections::HashSet;
-use std::ffi::OsString;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
@@ -28,9 +28,9 @@ pub struct Candidate {
     pub modified: SystemTime,
 }
 
-/// Names inotify announced as complete, shared with the watcher's thread. A std mutex: it is
-/// never held across an await.
-type Announced = Arc<Mutex<HashSet<OsString>>>;
+/// Names inotify announced as complete, with when, shared with the watcher's thread. A std
+/// mutex: it is never held across an await.
+type Announced = Arc<Mutex<HashMap<OsString, Instant>>>;
 
 /// The input directory, watched.
 pub struct Discovery {
@@ -98,6 +98,7 @@ impl Discovery {
     /// When the directory cannot be listed.
     pub fn scan(&self) -> std::io::Result<Scan> {
         let now = SystemTime::now();
+        let listed_at = Instant::now();
         let mut waiting = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let Ok(entry) = entry else { continue };
@@ -106,12 +107,18 @@ impl Discovery {
             }
         }
         waiting.sort_by(|a, b| (a.modified, &a.name).cmp(&(b.modified, &b.name)));
+        let present: HashSet<&OsStr> = waiting.iter().filter_map(|c| c.path.file_name()).collect();
         let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
-        announced.retain(|name| waiting.iter().any(|c| c.path.file_name() == Some(name)));
+        // Forget names that are gone, but only those announced before this listing began: a
+        // file renamed in while the directory was being read may be missing from the listing,
+        // and forgetting its announcement would make it wait out `settle` on the next scan.
+        announced.retain(|name, at| present.contains(name.as_os_str()) || *at >= listed_at);
         let ready = waiting
             .iter()
             .filter(|c| {
-                c.path.file_name().is_some_and(|n| announced.contains(n))
+                c.path
+                    .file_name()
+                    .is_some_and(|n| announced.contains_key(n))
                     || now.duration_since(c.modified).unwrap_or_default() >= self.settle
             })
             .cloned()
@@ -161,12 +168,13 @@ fn watch(
                 | EventKind::Access(AccessKind::Close(AccessMode::Write))
         );
         if complete {
+            let at = Instant::now();
             let mut set = announced.lock().unwrap_or_else(|e| e.into_inner());
             set.extend(
                 event
                     .paths
                     .iter()
-                    .filter_map(|p| p.file_name().map(OsString::from)),
+                    .filter_map(|p| p.file_name().map(|n| (OsString::from(n), at))),
             );
         }
         if complete || matches!(event.kind, EventKind::Create(_)) {
@@ -175,4 +183,36 @@ fn watch(
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A file renamed in while the directory is being listed can be missing from that listing
+    /// although its announcement already arrived. The scan must keep such an announcement (so the
+    /// file is ready on the next scan) and forget only those of files gone before it began.
+    #[test]
+    fn a_scan_keeps_announcements_newer_than_its_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let discovery = Discovery::start(dir.path(), Duration::from_secs(3600)).unwrap();
+        let before = Instant::now();
+        {
+            let mut announced = discovery.announced.lock().unwrap();
+            announced.insert("gone.csv".into(), before);
+            announced.insert("racing.csv".into(), before + Duration::from_secs(5));
+        }
+        discovery.scan().unwrap();
+        {
+            let announced = discovery.announced.lock().unwrap();
+            assert!(!announced.contains_key(OsStr::new("gone.csv")));
+            assert!(announced.contains_key(OsStr::new("racing.csv")));
+        }
+        // The racing file shows up in the next listing and is ready at once, without settling.
+        std::fs::write(dir.path().join("racing.csv"), "x").unwrap();
+        let scan = discovery.scan().unwrap();
+        assert_eq!(scan.ready.len(), 1, "{scan:?}");
+        assert_eq!(scan.ready[0].name, "racing.csv");
+    }
 }
