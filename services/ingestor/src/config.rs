@@ -138,7 +138,7 @@ impl Default for RawSettings {
             chunk_rows: 8_192,
             dedup_memory_ids: 16_384,
             batch_max_files: 32,
-            batch_max_rows: 200_000,
+            batch_max_rows: 50_000,
             pool_size: 4,
             connect_timeout_ms: 5_000,
             statement_timeout_ms: 60_000,
