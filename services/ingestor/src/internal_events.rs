@@ -13,15 +13,19 @@ use prometheus::{
 };
 use service_support::{counter_vec, histogram, register};
 
-/// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need.
+/// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need, dense where a healthy
+/// ingestor commits (10 to 50 ms) so that its quantiles read close to the ledger's exact ones.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
 ];
-/// Event-time lag buckets in seconds: late events are minutes old by design.
+/// Event-time lag buckets in seconds: a file's events are up to its writing time old (100 ms at
+/// 10k events/s in 1,000-row files, a second at 1k), and late events are minutes old by design.
 const LAG_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
-    3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 1800.0, 3600.0,
 ];
+
 /// Outcome label values of `ingestor_files_total`.
 pub const FILE_OUTCOMES: [&str; 3] = ["loaded", "failed", "already_loaded"];
 /// Outcome label values of `ingestor_rows_total`.
