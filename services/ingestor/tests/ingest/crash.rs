@@ -30,9 +30,11 @@ async fn kill_dash_nine_at_random_moments_loses_and_duplicates_nothing() {
     // Arrange
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
+    // Enough files that the backlog outlasts every kill round: the rounds load 5 to 9 files
+    // each on an idle machine, about 100 in all.
     generate(
         dir.path(),
-        60,
+        160,
         2_000,
         21,
         Faults {
