@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -178,6 +178,18 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Without a command, the generator runs.
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
+}
+
+/// What else the binary can do besides generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Ask the generator running with these settings for `/livez` on its `listen` address: exit
+    /// 0 when it answers 200, 1 otherwise. For container health checks (the image has no curl).
+    Healthcheck,
 }
 
 /// Layers defaults, the optional TOML file, the environment and the flags, then validates.

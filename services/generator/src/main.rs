@@ -1,9 +1,11 @@
 //! Entry point: parse flags, load configuration, set up logging, run until done or signalled.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use generator::config::{self, Cli};
+use generator::config::{self, Cli, Command};
 use generator::startup;
 
 #[tokio::main]
@@ -16,6 +18,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.command == Some(Command::Healthcheck) {
+        return healthcheck(settings.listen);
+    }
     service_support::init_logging(settings.log_format, "info");
     let run = async {
         startup::Application::build(settings)
@@ -43,6 +48,21 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "Generator failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `generator healthcheck`: 0 when the running generator's `/livez` answers 200.
+fn healthcheck(listen: SocketAddr) -> ExitCode {
+    match service_support::health_status(listen, "/livez", Duration::from_secs(3)) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("generator healthcheck: /livez on {listen} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("generator healthcheck: cannot reach {listen}: {e}");
             ExitCode::FAILURE
         }
     }

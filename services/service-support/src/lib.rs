@@ -9,9 +9,14 @@
 //! - [`ConfigError`]: why a configuration cannot be used, naming the key and the value.
 //! - [`register`], [`counter_vec`], [`histogram`]: metric registration in a service-owned
 //!   `prometheus::Registry`, labelled series pre-created at 0.
+//! - [`health_status`]: one GET against a service's own health endpoint, for the `healthcheck`
+//!   subcommands container health checks run (the images have no curl).
 #![warn(missing_docs)]
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
@@ -121,4 +126,56 @@ pub fn histogram(
         registry,
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
     )
+}
+
+/// The HTTP status of `GET path` on a service's own listen address (an unspecified address such
+/// as `0.0.0.0` is asked on 127.0.0.1), within `timeout`. A raw HTTP/1.0 request over a blocking
+/// socket: one GET in a short-lived health-check process needs no HTTP client or runtime.
+///
+/// # Errors
+/// When nothing listens, the connection breaks, or it takes longer than `timeout`.
+pub fn health_status(listen: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<u16> {
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target = SocketAddr::from((Ipv4Addr::LOCALHOST, target.port()));
+    }
+    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    Ok(String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod health_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn health_status_reads_the_status_code_and_fails_when_nothing_listens() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 256];
+            let n = conn.read(&mut request).unwrap();
+            assert!(String::from_utf8_lossy(&request[..n]).starts_with("GET /livez HTTP/1.0"));
+            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
+                .unwrap();
+        });
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+        assert_eq!(
+            health_status(unspecified, "/livez", Duration::from_secs(3)).unwrap(),
+            503
+        );
+        server.join().unwrap();
+        assert!(health_status(addr, "/livez", Duration::from_secs(1)).is_err());
+    }
 }
