@@ -18,7 +18,10 @@
 //!   applies every script with [`apply_sql_scripts`], hands out clients, and drops the database
 //!   again when it goes out of scope. [`connect`] opens a client for any connection string.
 //! - **Processes**: [`ChildGuard`] owns a child process and kills it when dropped;
-//!   [`http_get`] asks a service started that way one HTTP question.
+//!   [`http_get`] asks a service started that way one HTTP question, on a port from
+//!   [`free_port`].
+//! - **The ledger**: [`wait_for_finished_files`] waits for an ingestor to finish a directory;
+//!   [`orphan_events`] counts events no loaded ledger entry accounts for.
 //!
 //! The harness panics (with one clear message) instead of returning errors where a test could
 //! not do anything useful with an error anyway, e.g. when the server is unreachable; those
@@ -462,6 +465,74 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A port on 127.0.0.1 nobody listened on a moment ago (released again, so a child can bind it).
+///
+/// # Panics
+/// When no local port can be bound at all.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot bind a local port: {e}"))
+}
+
+/// Waits until `files` ledger entries are finished (`loaded` or `failed`) and `input` holds no
+/// event file any more.
+///
+/// # Panics
+/// On a database error, or at `timeout`, with the counts and `context()` (e.g. the services'
+/// logs) in the message.
+pub async fn wait_for_finished_files(
+    client: &Client,
+    input: &Path,
+    files: usize,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done: i64 = client
+            .query_one(
+                "SELECT count(*) FROM ingest_files WHERE status IN ('loaded', 'failed')",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot count finished ledger entries: {e}"))
+            .get(0);
+        let waiting = std::fs::read_dir(input)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", input.display()))
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "csv"))
+            .count();
+        if usize::try_from(done).is_ok_and(|done| done >= files) && waiting == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {done} of {files} files finished, {waiting} waiting{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many stored events belong to no ledger entry with status `loaded`.
+///
+/// # Panics
+/// On a database error.
+pub async fn orphan_events(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM ingest_files f \
+             WHERE f.file_id = e.source_file_id AND f.status = 'loaded')",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot count orphan events: {e}"))
+        .get(0)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_yaml::Value;
-use stack_tests::{workspace_root, ChildGuard};
+use stack_tests::{free_port, workspace_root, ChildGuard};
 
 /// The compose file, relative to the workspace root.
 const COMPOSE_FILE: &str = "docker-compose.yml";
@@ -1448,15 +1448,6 @@ fn built_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A free TCP port on 127.0.0.1 (nothing listens on it once this returns).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs a health check's command (after `CMD`) with `env`, as Docker would inside the

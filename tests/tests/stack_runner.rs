@@ -18,7 +18,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stack_tests::{http_get, workspace_root, ChildGuard, TestDatabase};
+use stack_tests::{
+    http_get, orphan_events, wait_for_finished_files, workspace_root, ChildGuard, TestDatabase,
+};
 
 /// How long the runner may wait for each step of `up` (debug binaries on a busy CI machine).
 const WAIT_READY_SECONDS: &str = "60";
@@ -474,34 +476,14 @@ async fn two_ingestors_behind_the_runner_load_a_finite_feed_exactly_once() {
         "--no-prometheus",
     ]);
     let input = stack.path().join("data/incoming");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let finished: i64 = client
-            .query_one(
-                "SELECT count(*) FROM ingest_files WHERE status IN ('loaded', 'failed')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let waiting = std::fs::read_dir(&input)
-            .unwrap()
-            .filter(|e| {
-                let path = e.as_ref().unwrap().path();
-                path.is_file() && path.extension().is_some_and(|x| x == "csv")
-            })
-            .count();
-        if finished >= 20 && waiting == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{finished} of 20 files finished, {waiting} waiting; logs:\n{}\n{}",
+    wait_for_finished_files(&client, &input, 20, Duration::from_secs(60), || {
+        format!(
+            "; logs:\n{}\n{}",
             stack.log("ingestor-1"),
             stack.log("ingestor-2")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        )
+    })
+    .await;
     // The generator's own count of what it wrote is the independent expectation.
     let deadline = Instant::now() + Duration::from_secs(30);
     let summary = loop {
@@ -563,15 +545,7 @@ async fn two_ingestors_behind_the_runner_load_a_finite_feed_exactly_once() {
         .await
         .unwrap()
         .get(0);
-    let orphans: i64 = client
-        .query_one(
-            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM ingest_files f \
-             WHERE f.file_id = e.source_file_id AND f.status = 'loaded')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let orphans = orphan_events(&client).await;
     assert_eq!(events, ledger.2, "events = sum(accepted)");
     assert_eq!(distinct, events, "an event_id stored twice");
     assert_eq!(orphans, 0, "events without a loaded ledger entry");

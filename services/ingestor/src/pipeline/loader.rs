@@ -9,6 +9,7 @@ use anyhow::Context;
 use event_contract::RejectReason;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,7 @@ use crate::internal_events::LineCounts;
 use crate::source::Candidate;
 use crate::store::copy::{copy_rejections, insert_new, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
+use crate::store::pool::has_sqlstate;
 use crate::store::recent_ids::{CommittedIds, RecentIds};
 use crate::store::Pool;
 
@@ -235,7 +237,7 @@ async fn load_file(
     };
     let (end, loaded) = match stream_file(&mut sp, settings, candidate, file_id, known).await {
         Ok(streamed) => streamed,
-        Err(e) if is_lock_timeout(&e) => {
+        Err(e) if has_sqlstate(&e, &SqlState::LOCK_NOT_AVAILABLE) => {
             // Some of its events are being inserted by another in-flight transaction: undo
             // this file and take it again once that one has committed (it will then count
             // those events as duplicates), instead of waiting with the whole batch.
@@ -350,15 +352,6 @@ async fn stream_file(
     };
     loaded.ids = dedup.into_ids();
     Ok((end, loaded))
-}
-
-fn is_lock_timeout(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
-            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-    })
 }
 
 /// The error budget: a file whose rejected share exceeds the configured ratio fails as a whole.

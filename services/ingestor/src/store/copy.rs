@@ -11,10 +11,12 @@ use chrono::{DateTime, Utc};
 use event_contract::{Event, RejectReason};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use super::pool::has_sqlstate;
 use super::recent_ids::{CommittedIds, RecentIds};
 
 const COPY_EVENTS: &str = "COPY events (event_id, user_id, product_id, event_type, price, \
@@ -166,7 +168,7 @@ pub async fn insert_new(
                     looked_up,
                 });
             }
-            Err(e) if is_unique_violation(&e) => {
+            Err(e) if has_sqlstate(&e, &SqlState::UNIQUE_VIOLATION) => {
                 chunk
                     .rollback()
                     .await
@@ -205,15 +207,6 @@ async fn drop_stored(
         .into_iter()
         .filter(|e| !stored.contains(e.event.event_id.as_uuid()))
         .collect())
-}
-
-fn is_unique_violation(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
-            == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-    })
 }
 
 /// COPYs events into `events`; returns the number written.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::config::Settings;
@@ -55,14 +56,23 @@ pub fn build_pool(settings: &Settings) -> Pool {
 /// A unique violation (23505) is not a data error here: it means another transaction stored
 /// the same event concurrently, and a retry will count it as a duplicate.
 pub fn is_data_error(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
+    sqlstates(error).any(|code| {
+        let code = code.code();
+        (code.starts_with("22") || code.starts_with("23")) && code != "23505"
+    })
+}
+
+/// Whether PostgreSQL answered `state` somewhere in the error's chain.
+pub fn has_sqlstate(error: &anyhow::Error, state: &SqlState) -> bool {
+    sqlstates(error).any(|code| code == state)
+}
+
+/// The SQLSTATEs of the PostgreSQL errors in an error's chain of causes.
+fn sqlstates(error: &anyhow::Error) -> impl Iterator<Item = &SqlState> {
+    error.chain().filter_map(|cause| {
         cause
             .downcast_ref::<tokio_postgres::Error>()
             .and_then(tokio_postgres::Error::code)
-            .is_some_and(|code| {
-                let code = code.code();
-                (code.starts_with("22") || code.starts_with("23")) && code != "23505"
-            })
     })
 }
 

@@ -6,14 +6,13 @@
 //! `analyst` role.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stack_tests::{workspace_root, ChildGuard, TestDatabase};
+use stack_tests::{free_port, workspace_root, ChildGuard, TestDatabase};
 
 use crate::helpers::*;
 
@@ -248,15 +247,6 @@ fn metric_names(expr: &str) -> Vec<String> {
         .filter(|t| t.starts_with("generator_") || t.starts_with("ingestor_"))
         .map(str::to_owned)
         .collect()
-}
-
-/// A free TCP port on 127.0.0.1 (released again, so a child can bind it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Collects a child's output lines, echoing them when `TEST_LOG` is set.

@@ -236,32 +236,7 @@ pub async fn wait_for_ledger_with(
     files: usize,
     timeout: Duration,
 ) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let done: i64 = client
-            .query_one(
-                "SELECT count(*) FROM ingest_files WHERE status IN ('loaded', 'failed')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let waiting = std::fs::read_dir(input)
-            .unwrap()
-            .filter(|e| {
-                let p = e.as_ref().unwrap().path();
-                p.is_file() && p.extension().is_some_and(|x| x == "csv")
-            })
-            .count();
-        if done as usize >= files && waiting == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {done} of {files} files finished, {waiting} waiting"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack_tests::wait_for_finished_files(client, input, files, timeout, String::new).await;
 }
 
 /// The database holds exactly the valid unique events of the files, every file once, and every
@@ -392,15 +367,7 @@ pub async fn assert_ledger_matches_tables(db: &TestDatabase) {
         .map(|row| row.get(0))
         .collect();
     assert!(partial.is_empty(), "partially stored files: {partial:#?}");
-    let orphans: i64 = client
-        .query_one(
-            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM ingest_files f \
-             WHERE f.file_id = e.source_file_id AND f.status = 'loaded')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let orphans = stack_tests::orphan_events(&client).await;
     assert_eq!(
         orphans, 0,
         "events of a file the ledger does not call loaded"

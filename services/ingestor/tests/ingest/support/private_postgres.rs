@@ -7,6 +7,7 @@
 //! directory is handed to that user. [`PrivatePostgres`] is a guard: dropping it, also while a
 //! test panics, stops the server (`immediate`) and removes the directory.
 
+use stack_tests::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -238,15 +239,6 @@ fn server_bin_dir() -> PathBuf {
 fn running_as_root() -> bool {
     let output = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&output.stdout).trim() == "0"
-}
-
-/// A port on 127.0.0.1 nobody listened on a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn run_checked(command: &mut Command) {
