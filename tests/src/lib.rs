@@ -13,8 +13,8 @@
 //!
 //! - **Locations**: [`workspace_root`], [`sql_dir`] and [`sql_scripts`] find the schema
 //!   scripts in the repository, independent of the directory `cargo test` runs in.
-//! - **Databases**: [`database_url`] names the server (env `DATABASE_URL`, see
-//!   [`DEFAULT_DATABASE_URL`]); [`TestDatabase`] creates a uniquely named database on it,
+//! - **Databases**: [`database_url`] names the server (env `TEST_DATABASE_URL`, see
+//!   [`DEFAULT_TEST_DATABASE_URL`]); [`TestDatabase`] creates a uniquely named database on it,
 //!   applies every script with [`apply_sql_scripts`], hands out clients, and drops the database
 //!   again when it goes out of scope. [`connect`] opens a client for any connection string.
 //! - **Processes**: [`ChildGuard`] owns a child process and kills it when dropped;
@@ -38,9 +38,18 @@ use anyhow::Context as _;
 use tokio_postgres::error::ErrorPosition;
 use tokio_postgres::{Client, Config, NoTls};
 
-/// The server used when `DATABASE_URL` is not set: the local cluster's superuser with trust
-/// authentication, connected to the `postgres` maintenance database.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The environment variable naming the tests' server: an admin connection to a maintenance
+/// database.
+///
+/// It is deliberately not `DATABASE_URL`, which is the ingestor's own (least-privilege)
+/// connection: a shell that exports the ingestor's URL must not turn the tests' admin
+/// connection into the `ingestor` role. `scripts/test` sets it to a throwaway server of its own
+/// when it is not set.
+pub const TEST_DATABASE_URL_VAR: &str = "TEST_DATABASE_URL";
+
+/// The server used when `TEST_DATABASE_URL` is not set: the local cluster's superuser with
+/// trust authentication, connected to the `postgres` maintenance database.
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// How long a connection attempt may take before the harness gives up, unless the connection
 /// string sets its own `connect_timeout`. Keeps a firewalled or hung server from stalling the
@@ -52,10 +61,11 @@ const CHILD_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The connection string of the maintenance database the harness creates test databases from.
 ///
-/// Reads `DATABASE_URL` and falls back to [`DEFAULT_DATABASE_URL`]. Both URLs
+/// Reads `TEST_DATABASE_URL` ([`TEST_DATABASE_URL_VAR`]) and falls back to
+/// [`DEFAULT_TEST_DATABASE_URL`]; `DATABASE_URL` is never read. Both URLs
 /// (`postgres://user@host:port/db`) and key/value strings (`host=... user=...`) work.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+    std::env::var(TEST_DATABASE_URL_VAR).unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned())
 }
 
 /// The root of the Cargo workspace (the repository root).
@@ -164,14 +174,15 @@ impl TestDatabase {
         let maintenance_url = database_url();
         let maintenance = match parse_config(&maintenance_url) {
             Ok(config) => config,
-            Err(e) => panic!("DATABASE_URL is not a valid connection string: {e:#}"),
+            Err(e) => panic!("{TEST_DATABASE_URL_VAR} is not a valid connection string: {e:#}"),
         };
         let admin = match connect_with(&maintenance).await {
             Ok(client) => client,
             Err(e) => panic!(
-                "PostgreSQL is not reachable at {}: {}. Start it with: \
-                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start \
-                 (or set DATABASE_URL)",
+                "PostgreSQL is not reachable at {}: {}. Run the tests with scripts/test, which \
+                 starts a throwaway server when {TEST_DATABASE_URL_VAR} is not set, or point \
+                 {TEST_DATABASE_URL_VAR} at a running server where that user may create \
+                 databases and roles",
                 redact(&maintenance_url),
                 error_chain(&e),
             ),

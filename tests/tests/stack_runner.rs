@@ -94,7 +94,7 @@ fn kill_hard(pid: u32) {
 struct Stack {
     /// The run directory: state, pids, logs and the shared input directory.
     run_dir: tempfile::TempDir,
-    /// The admin URL passed as `DATABASE_URL`, if the test has a database.
+    /// The admin URL passed as `STACK_ADMIN_URL`, if the test has a database.
     database_url: Option<String>,
 }
 
@@ -126,7 +126,7 @@ impl Stack {
             .arg(self.path())
             .args(args);
         if let Some(url) = &self.database_url {
-            cmd.env("DATABASE_URL", url);
+            cmd.env("STACK_ADMIN_URL", url);
         }
         cmd.output()
             .unwrap_or_else(|e| panic!("cannot run {} (needs python3): {e}", runner().display()))
@@ -644,7 +644,7 @@ async fn a_failing_up_names_the_problem_and_leaves_nothing_running() {
     );
     assert!(!stack.path().join("state.json").exists());
 
-    // No PostgreSQL at DATABASE_URL: the message names the server and what to do.
+    // No PostgreSQL at STACK_ADMIN_URL: the message names the server and what to do.
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -390,7 +390,7 @@ pub fn tcp_address(db: &TestDatabase) -> std::net::SocketAddr {
     let host = match &config.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(host) => host.clone(),
         tokio_postgres::config::Host::Unix(path) => panic!(
-            "a proxy test needs PostgreSQL over TCP, but DATABASE_URL names the socket {}",
+            "a proxy test needs PostgreSQL over TCP, but TEST_DATABASE_URL names the socket {}",
             path.display()
         ),
     };
