@@ -100,6 +100,19 @@ wait_drained() {
 
 events_stored() { sql "SELECT count(*) FROM events"; }
 
+# secret-init refuses a password Grafana or a URL would misread, naming the .env variable.
+check_secret_init_refuses() {
+    local bad output
+    for bad in 'has$dollar' 'has space'; do
+        if output=$(POSTGRES_GRAFANA_PASSWORD=$bad compose run --rm --no-deps secret-init 2>&1); then
+            fail "secret-init accepted POSTGRES_GRAFANA_PASSWORD='$bad'"
+        fi
+        [[ $output == *"POSTGRES_GRAFANA_PASSWORD in .env contains"* ]] \
+            || fail "secret-init refused '$bad' without naming the variable: $output"
+    done
+    say "secret-init refuses passwords with \$ or whitespace, naming the variable"
+}
+
 fault_kill() {
     local id
     id=$(running ingestor | head -1)
@@ -145,6 +158,9 @@ run_e2e() {
     local build_started=$SECONDS
     compose build ingestor generator
     say "images built in $((SECONDS - build_started)) s"
+
+    log "secret-init's password rules"
+    check_secret_init_refuses
 
     # A bounded run: E2E_FILES files of E2E_ROWS rows, with the .env fault ratios.
     export GENERATOR_FILES=$E2E_FILES GENERATOR_ROWS=$E2E_ROWS GENERATOR_RATE=$E2E_RATE
