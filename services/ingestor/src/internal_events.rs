@@ -13,6 +13,8 @@ use prometheus::{
 };
 use service_support::{counter_vec, histogram, register};
 
+use crate::pipeline::FileChange;
+
 /// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need, dense where a healthy
 /// ingestor commits (10 to 50 ms) so that its quantiles read close to the ledger's exact ones.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -36,6 +38,7 @@ pub const ROW_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 pub struct Metrics {
     registry: Registry,
     files: IntCounterVec,
+    files_changed: IntCounterVec,
     rows: IntCounterVec,
     rows_rejected: IntCounterVec,
     bytes_read: IntCounter,
@@ -61,6 +64,7 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let reasons: Vec<&str> = RejectReason::ALL.iter().map(|r| r.code()).collect();
+        let changes: Vec<&str> = FileChange::ALL.iter().map(|c| c.code()).collect();
         let build_info = IntGauge::with_opts(
             Opts::new("ingestor_build_info", "Build information; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -74,6 +78,13 @@ impl Metrics {
                 "Files finished, by outcome.",
                 "outcome",
                 &FILE_OUTCOMES,
+            )?,
+            files_changed: counter_vec(
+                &registry,
+                "ingestor_files_changed_total",
+                "Files whose name no longer held the file that was read when it was time to move it (replaced by another file, or modified since); left in place to be loaded as new files.",
+                "change",
+                &changes,
             )?,
             rows: counter_vec(
                 &registry,
@@ -305,6 +316,34 @@ impl FileAlreadyLoaded<'_> {
             "File content already in the ledger; not loaded again"
         );
         m.files.with_label_values(&["already_loaded"]).inc();
+    }
+}
+
+/// A file's name no longer held what was read through it when it was time to move it: a
+/// producer renamed another file onto the name, or wrote to the file, after the read. What was
+/// read is committed; the name is left in place, so the bytes nobody loaded yet are loaded as a
+/// new file (rows already stored count as duplicates) instead of being archived unloaded.
+pub struct FileChanged<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Ledger id of what was read (loaded, failed, or known from before).
+    pub file_id: i64,
+    /// How the name differs.
+    pub change: FileChange,
+}
+
+impl FileChanged<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            file = self.name,
+            file_id = self.file_id,
+            change = self.change.code(),
+            "File changed after it was read; left in place to be loaded as a new file"
+        );
+        m.files_changed
+            .with_label_values(&[self.change.code()])
+            .inc();
     }
 }
 

@@ -79,10 +79,20 @@ fn report(
                 "loaded as file_id {}: {} lines = {} accepted + {} duplicate + {} rejected",
                 loaded.file_id, c.lines, c.accepted, c.duplicates, c.rejected
             );
-            lifecycle::after_loaded(settings, &candidate.path, loaded.file_id)?;
+            let moved =
+                lifecycle::after_loaded(settings, &candidate.path, &loaded.read, loaded.file_id)?;
+            if let lifecycle::Finished::Changed(change) = moved {
+                println!(
+                    "{} was {} after it was read; it was left in place and is loaded as a new file by the next run",
+                    candidate.path.display(),
+                    change.code()
+                );
+            }
             Ok(true)
         }
-        FileOutcome::AlreadyKnown { file_id, status } => {
+        FileOutcome::AlreadyKnown {
+            file_id, status, ..
+        } => {
             println!("this content is already in the ledger as file_id {file_id} ({status}); nothing loaded twice");
             Ok(status == "loaded")
         }
@@ -90,6 +100,7 @@ fn report(
             file_id,
             reason,
             message,
+            ..
         } => {
             println!("failed again (file_id {file_id}): {reason}: {message}");
             Ok(false)

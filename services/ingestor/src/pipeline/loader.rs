@@ -13,8 +13,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
-use super::reader::{self, count_by_reason, ReadMessage, ReadOptions};
-use super::FileIdentity;
+use super::reader::{self, count_by_reason, OpenedFile, ReadMessage, ReadOptions};
+use super::{FileIdentity, FileStamp};
 use crate::config::Settings;
 use crate::internal_events::LineCounts;
 use crate::source::Candidate;
@@ -43,6 +43,8 @@ pub enum FileOutcome {
         reason: String,
         /// Details.
         message: String,
+        /// The file that was read: only it may be moved to the failed directory.
+        read: FileStamp,
     },
     /// The content was already in the ledger.
     AlreadyKnown {
@@ -50,6 +52,8 @@ pub enum FileOutcome {
         file_id: i64,
         /// `loaded` or `failed`.
         status: String,
+        /// The file that was read: only it may be moved where the earlier outcome puts it.
+        read: FileStamp,
     },
     /// Another loader or replica is loading it, or some of its events.
     Busy,
@@ -74,6 +78,8 @@ pub struct LoadedFile {
     pub ids: RecentIds,
     /// Chunks whose ids had to be looked up in the database.
     pub dedup_lookups: u64,
+    /// The file that was read: only it may be archived (or deleted) after COMMIT.
+    pub read: FileStamp,
 }
 
 impl FileOutcome {
@@ -139,7 +145,7 @@ pub async fn load_batch(
     };
     // The first file is hashed before BEGIN, so a huge file cannot hold an idle transaction
     // open; each later file is hashed while the one before it loads.
-    let mut identity = Some(
+    let mut opened = Some(
         spawn_identify(first)
             .await
             .context("identify task panicked")?,
@@ -159,19 +165,19 @@ pub async fn load_batch(
     let mut batch_ids = RecentIds::new(settings.dedup_memory_ids);
     let mut rows = 0;
     for (index, candidate) in batch.iter().enumerate() {
-        let Some(current) = identity.take() else {
+        let Some(current) = opened.take() else {
             break;
         };
         let next = batch.get(index + 1).map(spawn_identify);
         let outcome = match current {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
             Err(e) => FileOutcome::Retry(format!("cannot read: {e}")),
-            Ok(identity) => {
+            Ok(file) => {
                 let known = KnownIds {
                     batch: &batch_ids,
                     committed,
                 };
-                let mut outcome = load_file(&mut tx, settings, candidate, identity, known).await?;
+                let mut outcome = load_file(&mut tx, settings, candidate, file, known).await?;
                 if let FileOutcome::Loaded(loaded) = &mut outcome {
                     for id in std::mem::take(&mut loaded.ids).iter() {
                         batch_ids.insert(*id);
@@ -186,7 +192,7 @@ pub async fn load_batch(
             break;
         }
         if let Some(next) = next {
-            identity = Some(next.await.context("identify task panicked")?);
+            opened = Some(next.await.context("identify task panicked")?);
         }
     }
     tx.commit()
@@ -196,9 +202,11 @@ pub async fn load_batch(
     Ok(outcomes)
 }
 
-fn spawn_identify(candidate: &Candidate) -> JoinHandle<io::Result<FileIdentity>> {
+/// Opens and hashes a candidate on a blocking thread. The descriptor it returns is the only
+/// one the file is read through: the rows come from the file that was hashed and claimed.
+fn spawn_identify(candidate: &Candidate) -> JoinHandle<io::Result<OpenedFile>> {
     let path = candidate.path.clone();
-    tokio::task::spawn_blocking(move || reader::identify(&path))
+    tokio::task::spawn_blocking(move || reader::open(&path))
 }
 
 /// Loads one file inside the batch's transaction, under a savepoint of its own so that a file
@@ -207,9 +215,14 @@ async fn load_file(
     tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
     candidate: &Candidate,
-    identity: FileIdentity,
+    opened: OpenedFile,
     known: KnownIds<'_>,
 ) -> anyhow::Result<FileOutcome> {
+    let OpenedFile {
+        file,
+        stamp: read,
+        identity,
+    } = opened;
     let mut sp = tx
         .savepoint("file")
         .await
@@ -231,11 +244,15 @@ async fn load_file(
         }
         Claim::Known { file_id, status } => {
             sp.commit().await.context("cannot release the savepoint")?;
-            return Ok(FileOutcome::AlreadyKnown { file_id, status });
+            return Ok(FileOutcome::AlreadyKnown {
+                file_id,
+                status,
+                read,
+            });
         }
         Claim::Claimed { file_id } => file_id,
     };
-    let (end, loaded) = match stream_file(&mut sp, settings, candidate, file_id, known).await {
+    let (end, mut loaded) = match stream_file(&mut sp, settings, file, file_id, known).await {
         Ok(streamed) => streamed,
         Err(e) if has_sqlstate(&e, &SqlState::LOCK_NOT_AVAILABLE) => {
             // Some of its events are being inserted by another in-flight transaction: undo
@@ -249,7 +266,7 @@ async fn load_file(
         Err(e) => return Err(e),
     };
     let failure = match end {
-        ReadEnd::Done(read) if read != identity => {
+        ReadEnd::Done(reread) if reread != identity => {
             sp.rollback()
                 .await
                 .context("cannot roll back to the savepoint")?;
@@ -270,6 +287,7 @@ async fn load_file(
         None => {
             ledger::finish_loaded(&sp, file_id, &loaded.counts).await?;
             sp.commit().await.context("cannot release the savepoint")?;
+            loaded.read = read;
             Ok(FileOutcome::Loaded(loaded))
         }
         Some((reason, message)) => {
@@ -289,6 +307,7 @@ async fn load_file(
                 file_id,
                 reason,
                 message,
+                read,
             })
         }
     }
@@ -298,12 +317,11 @@ async fn load_file(
 async fn stream_file(
     tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
-    candidate: &Candidate,
+    file: std::fs::File,
     file_id: i64,
     known: KnownIds<'_>,
 ) -> anyhow::Result<(ReadEnd, LoadedFile)> {
     let (sender, mut receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    let path = candidate.path.clone();
     let options = ReadOptions {
         max_line_bytes: settings.max_line_bytes,
         extra_columns: settings.extra_columns,
@@ -311,7 +329,7 @@ async fn stream_file(
         chunk_rows: settings.chunk_rows,
     };
     // Dropping `receiver` (on return, including on error) stops the reader thread.
-    tokio::task::spawn_blocking(move || reader::read_rows(&path, options, &sender));
+    tokio::task::spawn_blocking(move || reader::read_rows(file, options, &sender));
     let mut loaded = LoadedFile {
         file_id,
         ..LoadedFile::default()

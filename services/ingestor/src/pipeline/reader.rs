@@ -1,16 +1,18 @@
-//! Reading a file (blocking I/O, on a blocking thread): first its identity, then its rows in
-//! chunks sent over a bounded channel. The rows pass through the contract's reader, so what is
-//! accepted here is exactly what the contract accepts.
+//! Reading a file (blocking I/O, on a blocking thread): it is opened once, then its identity
+//! is hashed and its rows are read in chunks sent over a bounded channel, both through that one
+//! descriptor. The rows pass through the contract's reader, so what is accepted here is exactly
+//! what the contract accepts.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::Path;
 
 use chrono::Utc;
 use event_contract::{EventReader, ExtraColumnPolicy, ReadError, RejectReason, ValidationContext};
+use rustix::fs::{Mode, OFlags};
 use tokio::sync::mpsc;
 
-use super::FileIdentity;
+use super::{FileIdentity, FileStamp};
 use crate::store::copy::{LineEvent, RejectedRow};
 
 /// A chunk is also sent once its rows' raw text reaches this size: rejected rows keep their raw
@@ -63,19 +65,75 @@ pub enum ReadMessage {
     Done(FileIdentity),
 }
 
+/// A candidate opened for loading: the one descriptor every pass reads from, which file it is,
+/// and what it held when it was hashed.
+#[derive(Debug)]
+pub struct OpenedFile {
+    /// The descriptor. Names can be renamed over, deleted or re-created at any moment; an open
+    /// descriptor keeps pointing to the same inode, so the hash, the rows and the stamp all
+    /// describe one file.
+    pub file: File,
+    /// The file as `fstat` saw it at the open, before the first byte was read.
+    pub stamp: FileStamp,
+    /// Its content identity (pass 1).
+    pub identity: FileIdentity,
+}
+
+/// Opens `path` once and hashes it (pass 1) through that descriptor.
+///
+/// # Errors
+/// When the name cannot be opened (`NotFound` if it vanished), is a symbolic link, is not a
+/// regular file, or cannot be read.
+pub fn open(path: &Path) -> io::Result<OpenedFile> {
+    let mut file = open_regular(path)?;
+    // fstat on the descriptor, not stat on the name: the answer is about the file we read.
+    let stamp = FileStamp::of(&file.metadata()?);
+    let mut reader = HashingReader::new(&mut file);
+    io::copy(&mut reader, &mut io::sink())?;
+    let identity = reader.identity();
+    Ok(OpenedFile {
+        file,
+        stamp,
+        identity,
+    })
+}
+
+/// Opens `path` for reading if it is a regular file, without following a symbolic link.
+///
+/// # Errors
+/// When the name cannot be opened, is a symbolic link or is not a regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    // The scan saw a regular file, but the name may point elsewhere by now. O_NOFOLLOW refuses
+    // a symbolic link instead of reading a file outside the directory; O_NONBLOCK makes opening
+    // a FIFO return at once instead of waiting for a writer (fstat then refuses it); on a
+    // regular file O_NONBLOCK changes nothing.
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 /// Reads a file once to learn its identity.
 ///
 /// # Errors
-/// When the file cannot be opened or read (`NotFound` if it vanished).
+/// Like [`open`].
 pub fn identify(path: &Path) -> io::Result<FileIdentity> {
-    let mut reader = HashingReader::new(File::open(path)?);
-    io::copy(&mut reader, &mut io::sink())?;
-    Ok(reader.identity())
+    Ok(open(path)?.identity)
 }
 
-/// Reads the file's rows into chunks and sends them; stops early if the receiver goes away.
-pub fn read_rows(path: &Path, options: ReadOptions, tx: &mpsc::Sender<ReadMessage>) {
-    let message = match stream_rows(path, options, tx) {
+/// Reads the rows of `file` from its start into chunks and sends them (pass 2, which hashes
+/// again what it reads); stops early if the receiver goes away.
+pub fn read_rows(file: File, options: ReadOptions, tx: &mpsc::Sender<ReadMessage>) {
+    let message = match stream_rows(file, options, tx) {
         Ok(Some(identity)) => ReadMessage::Done(identity),
         Ok(None) => return,
         Err(ReadError::Io(e)) => ReadMessage::Interrupted(e),
@@ -89,7 +147,7 @@ pub fn read_rows(path: &Path, options: ReadOptions, tx: &mpsc::Sender<ReadMessag
 }
 
 fn stream_rows(
-    path: &Path,
+    mut file: File,
     options: ReadOptions,
     tx: &mpsc::Sender<ReadMessage>,
 ) -> Result<Option<FileIdentity>, ReadError> {
@@ -97,7 +155,9 @@ fn stream_rows(
         now: Utc::now(),
         max_future_skew: options.max_future_skew,
     };
-    let file = HashingReader::new(File::open(path)?);
+    // Pass 1 left the offset at the end.
+    file.rewind()?;
+    let file = HashingReader::new(file);
     let mut reader = EventReader::with_max_record_bytes(
         file,
         ctx,

@@ -21,8 +21,8 @@ use super::loader::{load_batch, FileOutcome, LoadedFile};
 use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
-    BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileFailed, FileLoaded,
-    Metrics,
+    BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
+    FileLoaded, Metrics,
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
@@ -292,12 +292,13 @@ async fn quarantine(
     let message = format!("{error:#}");
     let recorded = async {
         let path = candidate.path.clone();
-        let identity = tokio::task::spawn_blocking(move || reader::identify(&path)).await??;
+        // Opened and hashed once more: the file recorded as failed is the file that is moved.
+        let opened = tokio::task::spawn_blocking(move || reader::open(&path)).await??;
         let mut conn = pool.get().await?;
         let tx = conn.transaction().await?;
         let file_id = ledger::record_failed(
             &tx,
-            &identity,
+            &opened.identity,
             &candidate.name,
             &settings.instance_id,
             "database_rejected",
@@ -305,18 +306,21 @@ async fn quarantine(
         )
         .await?;
         tx.commit().await?;
-        anyhow::Ok(file_id)
+        anyhow::Ok((file_id, opened.stamp))
     };
     match recorded.await {
-        Ok(file_id) => {
+        Ok((file_id, read)) => {
             FileFailed {
                 name: &candidate.name,
                 reason: "database_rejected",
                 message: &message,
             }
             .emit(metrics);
-            if let Err(e) = lifecycle::after_failed(settings, &candidate.path, file_id) {
-                tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a quarantined file");
+            match lifecycle::after_failed(settings, &candidate.path, &read, file_id) {
+                Ok(moved) => report_move(metrics, candidate, file_id, &moved),
+                Err(e) => {
+                    tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a quarantined file")
+                }
             }
         }
         Err(e) => {
@@ -336,12 +340,15 @@ fn finish(
     let moved = match outcome {
         FileOutcome::Loaded(loaded) => {
             emit_loaded(metrics, candidate, &loaded);
-            lifecycle::after_loaded(settings, &candidate.path, loaded.file_id)
+            let moved =
+                lifecycle::after_loaded(settings, &candidate.path, &loaded.read, loaded.file_id);
+            Some((loaded.file_id, moved))
         }
         FileOutcome::Failed {
             file_id,
             reason,
             message,
+            read,
         } => {
             FileFailed {
                 name: &candidate.name,
@@ -349,32 +356,60 @@ fn finish(
                 message: &message,
             }
             .emit(metrics);
-            lifecycle::after_failed(settings, &candidate.path, file_id)
+            let moved = lifecycle::after_failed(settings, &candidate.path, &read, file_id);
+            Some((file_id, moved))
         }
-        FileOutcome::AlreadyKnown { file_id, status } => {
+        FileOutcome::AlreadyKnown {
+            file_id,
+            status,
+            read,
+        } => {
             FileAlreadyLoaded {
                 name: &candidate.name,
                 file_id,
                 status: &status,
             }
             .emit(metrics);
-            if status == "failed" {
-                lifecycle::after_failed(settings, &candidate.path, file_id)
+            let moved = if status == "failed" {
+                lifecycle::after_failed(settings, &candidate.path, &read, file_id)
             } else {
-                lifecycle::after_loaded(settings, &candidate.path, file_id)
-            }
+                lifecycle::after_loaded(settings, &candidate.path, &read, file_id)
+            };
+            Some((file_id, moved))
         }
-        FileOutcome::Busy | FileOutcome::Vanished => Ok(()),
+        FileOutcome::Busy | FileOutcome::Vanished => None,
         FileOutcome::Retry(why) => {
             tracing::warn!(file = %candidate.name, reason = %why, "File not loaded this time; will retry");
-            Ok(())
+            None
         }
     };
-    if let Err(e) = moved {
-        tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a finished file; it will be healed on the next scan");
+    match moved {
+        Some((file_id, Ok(moved))) => report_move(metrics, candidate, file_id, &moved),
+        Some((_, Err(e))) => {
+            tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a finished file; it will be healed on the next scan");
+        }
+        None => {}
     }
     // Whatever happened, give the directory a moment before looking at this path again.
     skipped.insert(candidate.path.clone(), Instant::now() + SKIP_FOR);
+}
+
+/// Reports a name that no longer held the file that was read (left in place, to be loaded as a
+/// new file); a move or deletion that went as planned is not worth a log line of its own.
+fn report_move(
+    metrics: &Metrics,
+    candidate: &Candidate,
+    file_id: i64,
+    moved: &lifecycle::Finished,
+) {
+    if let lifecycle::Finished::Changed(change) = moved {
+        FileChanged {
+            name: &candidate.name,
+            file_id,
+            change: *change,
+        }
+        .emit(metrics);
+    }
 }
 
 fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {

@@ -491,8 +491,8 @@ async fn a_200_megabyte_file_loads_with_bounded_memory() {
 
 #[tokio::test]
 async fn a_file_removed_while_being_read_never_wedges_the_service() {
-    // Arrange: two ~20 MB files. The ingestor reads a file twice: once to learn its identity
-    // (content hash), then again for its rows.
+    // Arrange: two ~20 MB files. The ingestor reads a file twice through one descriptor: once
+    // to learn its identity (content hash), then again for its rows.
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().canonicalize().unwrap();
@@ -522,8 +522,9 @@ async fn a_file_removed_while_being_read_never_wedges_the_service() {
     )
     .await;
 
-    // Act 2: delete a file as soon as any pass is partway through it (usually the identity pass:
-    // the rows pass then finds no file, and nothing of it may be kept).
+    // Act 2: delete a file as soon as any pass is partway through it (usually the identity pass).
+    // Both passes read the descriptor opened before the deletion, so it loads whole; a file
+    // deleted before it was opened would leave nothing, which the assertions accept as well.
     let early = input.join("early.csv");
     std::fs::rename(input.join(".early.csv.tmp"), &early).unwrap();
     let early_offset = wait_until_reading(pid, &early, 0).await;
@@ -760,7 +761,8 @@ fn through_pipeline(
     let path = dir.path().join("input.csv");
     std::fs::write(&path, bytes).unwrap();
     let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
-    let reader = std::thread::spawn(move || read_rows(&path, options, &sender));
+    let file = ingestor::pipeline::reader::open(&path).unwrap().file;
+    let reader = std::thread::spawn(move || read_rows(file, options, &sender));
     let mut rows = Vec::new();
     let mut end = None;
     while let Some(message) = receiver.blocking_recv() {

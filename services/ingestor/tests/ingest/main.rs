@@ -11,6 +11,7 @@ mod dashboards;
 mod database_faults;
 mod end_to_end;
 mod endpoints;
+mod file_changes;
 mod operator_commands;
 mod replicas;
 mod report;
