@@ -171,6 +171,12 @@ run_e2e() {
     check_health
     log "hardening, read from docker inspect"
     check_hardening
+    if [[ " $SERVICES " == *" pgadmin "* ]]; then
+        log "pgAdmin from the host: log in, the registered server, connect, list databases"
+        python3 tests/compose/pgadmin_check.py "http://127.0.0.1:$PGADMIN_HOST_PORT" \
+            "${PGADMIN_EMAIL:-$(env_default PGADMIN_EMAIL)}" \
+            "${PGADMIN_PASSWORD:-$(env_default PGADMIN_PASSWORD)}" "$PG_PASSWORD"
+    fi
     log "events reach PostgreSQL; Prometheus sees every target"
     wait_until '[ "$(events_stored)" -gt 0 ]' "no event reached PostgreSQL"
     say "$(events_stored) events stored"
