@@ -32,6 +32,8 @@ const LAG_BUCKETS: &[f64] = &[
 pub const FILE_OUTCOMES: [&str; 3] = ["loaded", "failed", "already_loaded"];
 /// Outcome label values of `ingestor_rows_total`.
 pub const ROW_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
+/// Fault label values of `ingestor_move_faults_total`: what a move after COMMIT found missing.
+pub const MOVE_FAULTS: [&str; 2] = ["directory_missing", "vanished"];
 
 /// The ingestor's metrics, registered in a registry the service owns.
 #[derive(Clone)]
@@ -39,6 +41,7 @@ pub struct Metrics {
     registry: Registry,
     files: IntCounterVec,
     files_changed: IntCounterVec,
+    move_faults: IntCounterVec,
     rows: IntCounterVec,
     rows_rejected: IntCounterVec,
     bytes_read: IntCounter,
@@ -85,6 +88,13 @@ impl Metrics {
                 "Files whose name no longer held the file that was read when it was time to move it (replaced by another file, or modified since); left in place to be loaded as new files.",
                 "change",
                 &changes,
+            )?,
+            move_faults: counter_vec(
+                &registry,
+                "ingestor_move_faults_total",
+                "Moves after COMMIT that found something missing: the archive or failed directory (recreated, then the move went ahead), or the file's name (gone before it could be moved).",
+                "fault",
+                &MOVE_FAULTS,
             )?,
             rows: counter_vec(
                 &registry,
@@ -344,6 +354,51 @@ impl FileChanged<'_> {
         m.files_changed
             .with_label_values(&[self.change.code()])
             .inc();
+    }
+}
+
+/// The archive or failed directory was missing when a file was to be moved into it (deleted
+/// by hand, or together with the input directory it lives in), and was created again. Without
+/// this, every move into it fails with "not found", and the loaded files stay in the input
+/// directory to be claimed again and again.
+pub struct DirectoryRecreated<'a> {
+    /// The directory created again.
+    pub dir: &'a std::path::Path,
+}
+
+impl DirectoryRecreated<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            dir = %self.dir.display(),
+            "Directory for finished files was missing; created it again"
+        );
+        m.move_faults
+            .with_label_values(&["directory_missing"])
+            .inc();
+    }
+}
+
+/// A finished file's name was gone when it was time to move it: another replica moved it, or
+/// someone removed it or the directory holding it. The ledger holds its outcome either way,
+/// but a name that disappears under the ingestor is worth knowing about: it is never counted as
+/// a move that succeeded.
+pub struct FileVanished<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Ledger id of its content.
+    pub file_id: i64,
+}
+
+impl FileVanished<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            file = self.name,
+            file_id = self.file_id,
+            "File was gone when it was time to move it (another replica moved it, or it or its directory was removed)"
+        );
+        m.move_faults.with_label_values(&["vanished"]).inc();
     }
 }
 

@@ -13,6 +13,11 @@
 //! - **Nothing in the archive or failed directory is ever replaced.** Every rename into them
 //!   (and every move back) is a no-replace rename, so a name that is taken means "try the next
 //!   name", never "overwrite".
+//! - **"Not found" is never success.** A rename fails with `ENOENT` when the file's name is gone
+//!   *or* when the target directory is (deleted by hand, or with the input directory it lives
+//!   in). The two are told apart: a missing directory is created again (and reported) and the
+//!   move goes ahead; a name that is gone is reported as such, never taken for a move that
+//!   happened.
 
 use std::fs::File;
 use std::io;
@@ -23,6 +28,7 @@ use anyhow::Context;
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 
 use crate::config::{AfterLoad, Settings};
+use crate::internal_events::{DirectoryRecreated, Metrics};
 use crate::pipeline::{reader, FileChange, FileStamp};
 
 /// Names tried in a directory before giving up: `name`, `stem.<id>.ext`, `stem.<id>.2.ext`, …
@@ -36,7 +42,8 @@ pub enum Finished {
     Moved(PathBuf),
     /// Deleted (`after_load = "delete"`).
     Deleted,
-    /// The name was already gone: another replica moved it, or someone removed it.
+    /// The name was already gone: another replica moved it, or someone removed it (or the
+    /// directory holding it). Nothing was moved; callers report it.
     Gone,
     /// The name no longer holds the file that was read; it was left where it is, to be loaded
     /// as a new file.
@@ -49,12 +56,13 @@ pub enum Finished {
 /// When the file exists but cannot be moved or deleted.
 pub fn after_loaded(
     settings: &Settings,
+    metrics: &Metrics,
     path: &Path,
     read: &FileStamp,
     file_id: i64,
 ) -> anyhow::Result<Finished> {
     match settings.after_load {
-        AfterLoad::Archive => move_into(path, read, &settings.archive_dir, file_id),
+        AfterLoad::Archive => move_into(metrics, path, read, &settings.archive_dir, file_id),
         AfterLoad::Delete => delete(path, read),
     }
 }
@@ -66,11 +74,12 @@ pub fn after_loaded(
 /// When the file exists but cannot be moved.
 pub fn after_failed(
     settings: &Settings,
+    metrics: &Metrics,
     path: &Path,
     read: &FileStamp,
     file_id: i64,
 ) -> anyhow::Result<Finished> {
-    move_into(path, read, &settings.failed_dir, file_id)
+    move_into(metrics, path, read, &settings.failed_dir, file_id)
 }
 
 /// Creates the archive and failed directories.
@@ -97,7 +106,13 @@ fn check(path: &Path, read: &FileStamp) -> io::Result<Option<Finished>> {
 
 /// Moves `path` into `dir`, keeping its name unless another file already has it there (then
 /// the ledger id is added: `name.<file_id>.csv`, then `name.<file_id>.2.csv`, …).
-fn move_into(path: &Path, read: &FileStamp, dir: &Path, file_id: i64) -> anyhow::Result<Finished> {
+fn move_into(
+    metrics: &Metrics,
+    path: &Path,
+    read: &FileStamp,
+    dir: &Path,
+    file_id: i64,
+) -> anyhow::Result<Finished> {
     let Some(name) = path.file_name() else {
         return Ok(Finished::Gone);
     };
@@ -106,14 +121,35 @@ fn move_into(path: &Path, read: &FileStamp, dir: &Path, file_id: i64) -> anyhow:
     {
         return Ok(stop);
     }
-    for target in numbered_names(dir, name, file_id) {
-        let checked = match rename_or_link(path, &target) {
-            Ok(NoReplace::Renamed) => verify_moved(path, read, &target),
-            Ok(NoReplace::Linked) => verify_linked(path, read, &target),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Finished::Gone),
+    let mut recreated = false;
+    let mut targets = numbered_names(dir, name, file_id);
+    let mut next = targets.next();
+    while let Some(target) = &next {
+        let checked = match rename_or_link(path, target) {
+            Ok(NoReplace::Renamed) => verify_moved(path, read, target),
+            Ok(NoReplace::Linked) => verify_linked(path, read, target),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                next = targets.next();
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // ENOENT names no culprit: the source name or the target directory.
+                if !exists(path).with_context(|| format!("cannot stat {}", path.display()))? {
+                    return Ok(Finished::Gone);
+                }
+                anyhow::ensure!(
+                    !recreated,
+                    "cannot move {} to {}: the directory keeps disappearing",
+                    path.display(),
+                    target.display()
+                );
+                recreate_dir(metrics, dir)?;
+                recreated = true;
+                // The same name again, in the new directory.
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
-                return copy_across(path, read, dir, file_id)
+                return copy_across(metrics, path, read, dir, file_id)
             }
             Err(e) => Err(e),
         };
@@ -125,6 +161,37 @@ fn move_into(path: &Path, read: &FileStamp, dir: &Path, file_id: i64) -> anyhow:
         path.display(),
         dir.display()
     )
+}
+
+/// Whether a name exists (as anything, a dangling symbolic link included).
+fn exists(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates a finished-files directory that has gone missing, and reports it once: when several
+/// loops find it missing at the same moment, only the one whose `mkdir` created it reports.
+fn recreate_dir(metrics: &Metrics, dir: &Path) -> anyhow::Result<()> {
+    let created = match std::fs::create_dir(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        // Its parent is gone too (an archive outside a deleted input directory).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+            true
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot create directory {}", dir.display()))
+        }
+    };
+    if created {
+        DirectoryRecreated { dir }.emit(metrics);
+    }
+    Ok(())
 }
 
 /// After a hard link from `path` to `to` (filesystems without no-replace renames): `to` is a
@@ -224,6 +291,7 @@ fn private_name(dir: &Path, suffix: &str) -> PathBuf {
 /// then renamed (no-replace) to its final name, so `dir` only ever shows complete copies; the
 /// input name is removed last, and only if it still is that file.
 fn copy_across(
+    metrics: &Metrics,
     path: &Path,
     read: &FileStamp,
     dir: &Path,
@@ -241,6 +309,9 @@ fn copy_across(
     let opened = stamp_of(&source).with_context(|| format!("cannot stat {}", path.display()))?;
     if let Some(change) = read.change_to(&opened) {
         return Ok(Finished::Changed(change));
+    }
+    if !exists(dir).with_context(|| format!("cannot stat {}", dir.display()))? {
+        recreate_dir(metrics, dir)?;
     }
     let temp = private_name(dir, "part");
     let copied = (|| {
@@ -363,6 +434,44 @@ mod tests {
         FileStamp::of(&std::fs::symlink_metadata(path).unwrap())
     }
 
+    fn metrics() -> Metrics {
+        Metrics::new().unwrap()
+    }
+
+    #[test]
+    fn a_missing_archive_directory_is_created_again_and_the_move_goes_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("gone").join("processed");
+        let input = dir.path().join("a.csv");
+        std::fs::write(&input, "loaded").unwrap();
+        let metrics = metrics();
+
+        let finished = move_into(&metrics, &input, &stamp(&input), &archive, 1).unwrap();
+
+        assert_eq!(finished, Finished::Moved(archive.join("a.csv")));
+        assert!(!input.exists());
+        let line = "ingestor_move_faults_total{fault=\"directory_missing\"} 1";
+        assert!(metrics.render().lines().any(|l| l == line));
+    }
+
+    #[test]
+    fn a_name_gone_before_the_move_is_reported_as_gone_not_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("processed");
+        let input = dir.path().join("a.csv");
+        std::fs::write(&input, "loaded").unwrap();
+        let read = stamp(&input);
+        std::fs::remove_file(&input).unwrap();
+
+        let finished = move_into(&metrics(), &input, &read, &archive, 1).unwrap();
+
+        assert_eq!(finished, Finished::Gone);
+        assert!(
+            !archive.exists(),
+            "nothing to archive, so no directory made"
+        );
+    }
+
     #[test]
     fn a_taken_archive_name_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
@@ -373,7 +482,7 @@ mod tests {
         let input = dir.path().join("a.csv");
         std::fs::write(&input, "third").unwrap();
 
-        let finished = move_into(&input, &stamp(&input), &archive, 3).unwrap();
+        let finished = move_into(&metrics(), &input, &stamp(&input), &archive, 3).unwrap();
 
         assert_eq!(finished, Finished::Moved(archive.join("a.3.2.csv")));
         assert_eq!(
@@ -403,7 +512,7 @@ mod tests {
         std::fs::write(&staged, "new").unwrap();
         std::fs::rename(&staged, &input).unwrap();
 
-        let finished = move_into(&input, &read, &archive, 1).unwrap();
+        let finished = move_into(&metrics(), &input, &read, &archive, 1).unwrap();
 
         assert_eq!(finished, Finished::Changed(FileChange::Replaced));
         assert_eq!(std::fs::read_to_string(&input).unwrap(), "new");

@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::internal_events::Metrics;
 use crate::lifecycle;
 use crate::pipeline::loader::{load_batch, FileOutcome};
 use crate::pipeline::reader;
@@ -79,14 +80,26 @@ fn report(
                 "loaded as file_id {}: {} lines = {} accepted + {} duplicate + {} rejected",
                 loaded.file_id, c.lines, c.accepted, c.duplicates, c.rejected
             );
-            let moved =
-                lifecycle::after_loaded(settings, &candidate.path, &loaded.read, loaded.file_id)?;
-            if let lifecycle::Finished::Changed(change) = moved {
-                println!(
+            // A one-shot command: its counters are never scraped, the log lines are what count.
+            let metrics = Metrics::new().context("cannot register metrics")?;
+            let moved = lifecycle::after_loaded(
+                settings,
+                &metrics,
+                &candidate.path,
+                &loaded.read,
+                loaded.file_id,
+            )?;
+            match moved {
+                lifecycle::Finished::Changed(change) => println!(
                     "{} was {} after it was read; it was left in place and is loaded as a new file by the next run",
                     candidate.path.display(),
                     change.code()
-                );
+                ),
+                lifecycle::Finished::Gone => println!(
+                    "{} was gone when it was time to move it; nothing was archived",
+                    candidate.path.display()
+                ),
+                lifecycle::Finished::Moved(_) | lifecycle::Finished::Deleted => {}
             }
             Ok(true)
         }

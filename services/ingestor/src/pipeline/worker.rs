@@ -22,7 +22,7 @@ use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
     BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
-    FileLoaded, Metrics,
+    FileLoaded, FileVanished, Metrics,
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
@@ -316,7 +316,7 @@ async fn quarantine(
                 message: &message,
             }
             .emit(metrics);
-            match lifecycle::after_failed(settings, &candidate.path, &read, file_id) {
+            match lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id) {
                 Ok(moved) => report_move(metrics, candidate, file_id, &moved),
                 Err(e) => {
                     tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a quarantined file")
@@ -340,8 +340,13 @@ fn finish(
     let moved = match outcome {
         FileOutcome::Loaded(loaded) => {
             emit_loaded(metrics, candidate, &loaded);
-            let moved =
-                lifecycle::after_loaded(settings, &candidate.path, &loaded.read, loaded.file_id);
+            let moved = lifecycle::after_loaded(
+                settings,
+                metrics,
+                &candidate.path,
+                &loaded.read,
+                loaded.file_id,
+            );
             Some((loaded.file_id, moved))
         }
         FileOutcome::Failed {
@@ -356,7 +361,7 @@ fn finish(
                 message: &message,
             }
             .emit(metrics);
-            let moved = lifecycle::after_failed(settings, &candidate.path, &read, file_id);
+            let moved = lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id);
             Some((file_id, moved))
         }
         FileOutcome::AlreadyKnown {
@@ -371,9 +376,9 @@ fn finish(
             }
             .emit(metrics);
             let moved = if status == "failed" {
-                lifecycle::after_failed(settings, &candidate.path, &read, file_id)
+                lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id)
             } else {
-                lifecycle::after_loaded(settings, &candidate.path, &read, file_id)
+                lifecycle::after_loaded(settings, metrics, &candidate.path, &read, file_id)
             };
             Some((file_id, moved))
         }
@@ -395,20 +400,27 @@ fn finish(
 }
 
 /// Reports a name that no longer held the file that was read (left in place, to be loaded as a
-/// new file); a move or deletion that went as planned is not worth a log line of its own.
+/// new file) or that was gone; a move or deletion that went as planned is not worth a log line
+/// of its own.
 fn report_move(
     metrics: &Metrics,
     candidate: &Candidate,
     file_id: i64,
     moved: &lifecycle::Finished,
 ) {
-    if let lifecycle::Finished::Changed(change) = moved {
-        FileChanged {
+    match moved {
+        lifecycle::Finished::Changed(change) => FileChanged {
             name: &candidate.name,
             file_id,
             change: *change,
         }
-        .emit(metrics);
+        .emit(metrics),
+        lifecycle::Finished::Gone => FileVanished {
+            name: &candidate.name,
+            file_id,
+        }
+        .emit(metrics),
+        lifecycle::Finished::Moved(_) | lifecycle::Finished::Deleted => {}
     }
 }
 

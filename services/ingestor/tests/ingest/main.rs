@@ -9,6 +9,7 @@ mod bad_input;
 mod crash;
 mod dashboards;
 mod database_faults;
+mod directory_faults;
 mod end_to_end;
 mod endpoints;
 mod file_changes;

@@ -1,0 +1,151 @@
+//! The directories under the ingestor change or are odd: the input directory is deleted and
+//! created again (taking `processed/` with it), a name is so long that a numbered archive name
+//! would not fit, the archive directory is the input directory by another path, a file carries a
+//! modification time in the future. Each ends exact: every published valid event stored once,
+//! every archived file loaded byte for byte, every line accounted for, and the operator told.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use stack_tests::TestDatabase;
+
+use crate::helpers::*;
+
+/// Bound on each wait: typical runs take a fraction of it.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Some of each kind of row, so that the accounting has every bucket to get right.
+const FAULTS: Faults = Faults {
+    invalid: 0.05,
+    duplicate: 0.05,
+    late: 0.05,
+};
+
+#[tokio::test]
+async fn an_input_directory_deleted_and_created_again_gets_its_archive_back() {
+    // Arrange: a first delivery is loaded and archived into processed/ as usual.
+    let db = TestDatabase::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("incoming");
+    std::fs::create_dir(&input).unwrap();
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), &input, &[]);
+    generate(&input, 2, 300, 1101, FAULTS);
+    wait_for_ledger(&db, &input, 2, TIMEOUT).await;
+    let first = keep_copies(&event_files(&input.join("processed")));
+    assert_eq!(first.files().len(), 2);
+
+    // Act: the directory is deleted with everything in it (processed/ included) and created
+    // again, and a second delivery lands in it.
+    std::fs::remove_dir_all(&input).unwrap();
+    std::fs::create_dir(&input).unwrap();
+    generate(&input, 2, 300, 1102, FAULTS);
+    let second = keep_copies(&event_files(&input));
+    wait_for_ledger(&db, &input, 4, TIMEOUT).await;
+
+    // Assert: everything published is stored exactly, and the second delivery sits in a
+    // processed/ created again, each file the bytes that were loaded.
+    let published: Vec<PathBuf> = first.files().into_iter().chain(second.files()).collect();
+    assert_exact(&db, &expected(&published)).await;
+    assert_ledger_matches_tables(&db).await;
+    let archived = assert_archived_files_were_loaded(&db, &input.join("processed")).await;
+    assert_eq!(archived, contents(&second.files()));
+    let recreated = log_events(&ingestor, "Directory for finished files was missing");
+    assert_eq!(recreated.len(), 1, "{recreated:#?}");
+    assert_eq!(recreated[0]["level"], "WARN");
+    assert_eq!(
+        recreated[0]["dir"],
+        input.join("processed").display().to_string()
+    );
+    assert_metric(
+        &ingestor,
+        "ingestor_move_faults_total{fault=\"directory_missing\"} 1",
+    );
+    assert_metric(
+        &ingestor,
+        "ingestor_move_faults_total{fault=\"vanished\"} 0",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------------------------
+
+/// Copies of published files, kept for the expected outcome after the originals are moved or
+/// deleted.
+struct Kept {
+    dir: tempfile::TempDir,
+}
+
+impl Kept {
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+fn keep_copies(files: &[PathBuf]) -> Kept {
+    let dir = tempfile::tempdir().unwrap();
+    for file in files {
+        std::fs::copy(file, dir.path().join(file.file_name().unwrap())).unwrap();
+    }
+    Kept { dir }
+}
+
+/// The contents of files, as a set.
+fn contents(files: &[PathBuf]) -> BTreeSet<Vec<u8>> {
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+/// Every file in `archive` is the byte-for-byte content of a loaded ledger entry (its hash and
+/// size); returns their contents.
+async fn assert_archived_files_were_loaded(db: &TestDatabase, archive: &Path) -> BTreeSet<Vec<u8>> {
+    let loaded: BTreeSet<(Vec<u8>, i64)> = db
+        .client()
+        .await
+        .query(
+            "SELECT content_hash, size_bytes FROM ingest_files WHERE status = 'loaded'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut archived = BTreeSet::new();
+    for entry in std::fs::read_dir(archive).unwrap() {
+        let path = entry.unwrap().path();
+        let identity = ingestor::pipeline::reader::identify(&path).unwrap();
+        assert!(
+            loaded.contains(&(identity.hash.to_vec(), identity.size as i64)),
+            "{} was archived but never loaded",
+            path.display()
+        );
+        archived.insert(std::fs::read(&path).unwrap());
+    }
+    archived
+}
+
+/// The ingestor's JSON log lines whose message contains `needle`.
+fn log_events(ingestor: &Ingestor, needle: &str) -> Vec<serde_json::Value> {
+    ingestor
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `/metrics` has exactly this line.
+fn assert_metric(ingestor: &Ingestor, line: &str) {
+    let (status, metrics) = ingestor.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in:\n{metrics}"
+    );
+}
