@@ -402,6 +402,30 @@ impl FileVanished<'_> {
     }
 }
 
+/// A finished file was moved under a name other than its own, because its name was taken in
+/// the target directory: the ledger id (and a number) was added, and a name that would then
+/// exceed 255 bytes had its stem shortened. Nothing there is ever replaced.
+pub struct FileMovedAs<'a> {
+    /// File name in the input directory (and in the ledger).
+    pub name: &'a str,
+    /// Ledger id.
+    pub file_id: i64,
+    /// Where it went.
+    pub to: &'a std::path::Path,
+}
+
+impl FileMovedAs<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::info!(
+            file = self.name,
+            file_id = self.file_id,
+            moved_to = %self.to.display(),
+            "File moved under another name; its own was taken"
+        );
+    }
+}
+
 /// A transaction committed.
 pub struct BatchCommitted {
     /// Files in it.

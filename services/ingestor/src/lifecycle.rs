@@ -19,8 +19,10 @@
 //!   move goes ahead; a name that is gone is reported as such, never taken for a move that
 //!   happened.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -365,26 +367,61 @@ fn copy_across(
 }
 
 /// `dir/name`, then `dir/stem.<tag>.ext`, then `dir/stem.<tag>.2.ext`, … ([`NAME_ATTEMPTS`] in
-/// all).
+/// all). Each name fits [`NAME_MAX`] bytes: where `stem.<tag>.n.ext` would not, the stem is
+/// shortened (the tag, the number and the extension are what keep the names apart, so they
+/// stay whole). A name one byte too long would fail every move with `ENAMETOOLONG`, and the
+/// file would be claimed again and again without ever leaving the input directory.
 fn numbered_names<'a>(
     dir: &'a Path,
-    name: &'a std::ffi::OsStr,
+    name: &'a OsStr,
     tag: impl std::fmt::Display + 'a,
 ) -> impl Iterator<Item = PathBuf> + 'a {
-    let plain = Path::new(name);
-    let stem = plain
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ext = plain
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
-    (1..=NAME_ATTEMPTS).map(move |n| match n {
-        1 => dir.join(name),
-        2 => dir.join(format!("{stem}.{tag}{ext}")),
-        n => dir.join(format!("{stem}.{tag}.{n}{ext}", n = n - 1)),
+    let (stem, ext) = split_extension(name.as_bytes());
+    (1..=NAME_ATTEMPTS).map(move |n| {
+        if n == 1 {
+            return dir.join(name);
+        }
+        let number = match n {
+            2 => format!(".{tag}"),
+            n => format!(".{tag}.{}", n - 1),
+        };
+        let room = NAME_MAX.saturating_sub(number.len() + ext.len());
+        let mut numbered = shortened(stem, room).to_vec();
+        numbered.extend_from_slice(number.as_bytes());
+        numbered.extend_from_slice(ext);
+        dir.join(OsStr::from_bytes(&numbered))
     })
+}
+
+/// The longest file name Linux filesystems accept, in bytes (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// Extensions longer than this are not treated as one: `a.<200 bytes>` keeps its bytes in the
+/// stem, where they can be shortened, instead of leaving no room for the stem at all.
+const MAX_EXTENSION_BYTES: usize = 16;
+
+/// Splits a file name into stem and extension (with its dot) the way [`Path::extension`] does,
+/// on bytes, so that a name that is not UTF-8 keeps its exact bytes.
+fn split_extension(name: &[u8]) -> (&[u8], &[u8]) {
+    match name.iter().rposition(|b| *b == b'.') {
+        Some(dot) if dot > 0 && name.len() - dot <= MAX_EXTENSION_BYTES => name.split_at(dot),
+        _ => (name, &[]),
+    }
+}
+
+/// The first at most `room` bytes of `stem`, cut before a character rather than inside one: a
+/// UTF-8 name stays UTF-8 (the ledger, the logs and operators read it), and a name that is not
+/// UTF-8 keeps its bytes as they were.
+fn shortened(stem: &[u8], room: usize) -> &[u8] {
+    if stem.len() <= room {
+        return stem;
+    }
+    let mut cut = room;
+    // A UTF-8 continuation byte (0b10xxxxxx) at the cut means the cut splits a character.
+    while cut > 0 && stem[cut] & 0b1100_0000 == 0b1000_0000 {
+        cut -= 1;
+    }
+    &stem[..cut]
 }
 
 /// How a no-replace move went.
@@ -436,6 +473,74 @@ mod tests {
 
     fn metrics() -> Metrics {
         Metrics::new().unwrap()
+    }
+
+    #[test]
+    fn numbered_names_fit_255_bytes_keep_id_and_extension_and_stay_utf8() {
+        let dir = Path::new("/archive");
+        // 125 two-byte characters + ".csv" = 254 bytes, one byte under the limit.
+        let long = format!("{}.csv", "é".repeat(125));
+        let names: Vec<PathBuf> = numbered_names(dir, OsStr::new(&long), 123_456)
+            .take(12)
+            .collect();
+        assert_eq!(names[0], dir.join(&long));
+        let mut unique = std::collections::HashSet::new();
+        for name in &names[1..] {
+            let file = name.file_name().unwrap();
+            assert!(file.len() <= NAME_MAX, "{} bytes", file.len());
+            let text = file.to_str().expect("still UTF-8");
+            assert!(text.starts_with("éé"), "{text}");
+            assert!(text.ends_with(".csv"), "{text}");
+            assert!(text.contains(".123456"), "{text}");
+            assert!(unique.insert(file.to_owned()), "{text} twice");
+        }
+        assert!(names[1].to_str().unwrap().ends_with("é.123456.csv"));
+        assert!(names[11].to_str().unwrap().ends_with("é.123456.11.csv"));
+    }
+
+    #[test]
+    fn numbered_names_of_a_name_that_is_not_utf8_keep_its_bytes() {
+        let mut raw = vec![b'x'; 200];
+        raw.extend_from_slice(&[0xff, 0xfe]);
+        raw.extend(std::iter::repeat_n(b'y', 49));
+        raw.extend_from_slice(b".csv");
+        assert_eq!(raw.len(), 255);
+        let name = OsStr::from_bytes(&raw);
+        let numbered: Vec<PathBuf> = numbered_names(Path::new("/a"), name, 7).take(3).collect();
+        let second = numbered[1].file_name().unwrap().as_bytes();
+        assert_eq!(second.len(), 255);
+        assert_eq!(
+            &second[..202],
+            &raw[..202],
+            "the bytes kept are the name's own"
+        );
+        assert!(second.ends_with(b".7.csv"));
+        assert!(numbered[2]
+            .file_name()
+            .unwrap()
+            .as_bytes()
+            .ends_with(b".7.2.csv"));
+    }
+
+    #[test]
+    fn a_long_name_taken_in_the_archive_is_archived_under_a_name_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("processed");
+        std::fs::create_dir(&archive).unwrap();
+        let long = format!("{}.csv", "a".repeat(250));
+        std::fs::write(archive.join(&long), "first").unwrap();
+        let input = dir.path().join(&long);
+        std::fs::write(&input, "second").unwrap();
+
+        let finished = move_into(&metrics(), &input, &stamp(&input), &archive, 42).unwrap();
+
+        let expected = archive.join(format!("{}.42.csv", "a".repeat(248)));
+        assert_eq!(finished, Finished::Moved(expected.clone()));
+        assert_eq!(std::fs::read_to_string(expected).unwrap(), "second");
+        assert_eq!(
+            std::fs::read_to_string(archive.join(&long)).unwrap(),
+            "first"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
     BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
-    FileLoaded, FileVanished, Metrics,
+    FileLoaded, FileMovedAs, FileVanished, Metrics,
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
@@ -400,8 +400,8 @@ fn finish(
 }
 
 /// Reports a name that no longer held the file that was read (left in place, to be loaded as a
-/// new file) or that was gone; a move or deletion that went as planned is not worth a log line
-/// of its own.
+/// new file), that was gone, or that was taken in the target directory; a move or deletion that
+/// went as planned is not worth a log line of its own.
 fn report_move(
     metrics: &Metrics,
     candidate: &Candidate,
@@ -420,6 +420,14 @@ fn report_move(
             file_id,
         }
         .emit(metrics),
+        lifecycle::Finished::Moved(to) if to.file_name() != candidate.path.file_name() => {
+            FileMovedAs {
+                name: &candidate.name,
+                file_id,
+                to,
+            }
+            .emit();
+        }
         lifecycle::Finished::Moved(_) | lifecycle::Finished::Deleted => {}
     }
 }

@@ -67,6 +67,66 @@ async fn an_input_directory_deleted_and_created_again_gets_its_archive_back() {
     );
 }
 
+#[tokio::test]
+async fn a_254_byte_name_taken_in_the_archive_is_archived_under_a_name_that_fits() {
+    // Arrange: a file under a 254-byte name (125 two-byte characters + ".csv") is loaded and
+    // archived under that name.
+    let db = TestDatabase::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("incoming");
+    std::fs::create_dir(&input).unwrap();
+    let name = format!("{}.csv", "é".repeat(125));
+    assert_eq!(name.len(), 254);
+    let staging = tempfile::tempdir().unwrap();
+    generate(staging.path(), 2, 300, 1301, FAULTS);
+    let versions = event_files(staging.path());
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), &input, &[]);
+    publish_as(&versions[0], &input, &name);
+    wait_for_ledger(&db, &input, 1, TIMEOUT).await;
+
+    // Act: new content arrives under the same name; archived as `<name>.<file_id>.csv`, that
+    // would be 256 bytes.
+    publish_as(&versions[1], &input, &name);
+    wait_for_ledger(&db, &input, 2, TIMEOUT).await;
+
+    // Assert: both contents stored exactly and archived byte for byte, the second under a name
+    // of at most 255 bytes that is still UTF-8 and keeps the file id and the extension.
+    assert_exact(&db, &expected(&versions)).await;
+    assert_ledger_matches_tables(&db).await;
+    let processed = input.join("processed");
+    let archived = assert_archived_files_were_loaded(&db, &processed).await;
+    assert_eq!(archived, contents(&versions));
+    let second_id: i64 = db
+        .client()
+        .await
+        .query_one("SELECT max(file_id) FROM ingest_files", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let shortened = format!("{}.{second_id}.csv", "é".repeat(124));
+    assert!(shortened.len() <= 255, "{} bytes", shortened.len());
+    let names: BTreeSet<String> = std::fs::read_dir(&processed)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from([name.clone(), shortened.clone()]));
+    assert_eq!(
+        std::fs::read(processed.join(&shortened)).unwrap(),
+        std::fs::read(&versions[1]).unwrap()
+    );
+    let moved = log_events(&ingestor, "File moved under another name");
+    assert_eq!(moved.len(), 1, "{moved:#?}");
+    assert_eq!(moved[0]["file"], name.as_str());
+    assert_eq!(
+        moved[0]["moved_to"],
+        processed.join(&shortened).display().to_string()
+    );
+    assert!(
+        log_events(&ingestor, "Cannot move").is_empty(),
+        "a move failed and was retried"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
@@ -94,6 +154,14 @@ fn keep_copies(files: &[PathBuf]) -> Kept {
         std::fs::copy(file, dir.path().join(file.file_name().unwrap())).unwrap();
     }
     Kept { dir }
+}
+
+/// Publishes a copy of `file` into `input` under `name` the way producers should: written under
+/// a hidden name, then renamed into place.
+fn publish_as(file: &Path, input: &Path, name: &str) {
+    let staged = input.join(".publishing.tmp");
+    std::fs::copy(file, &staged).unwrap();
+    std::fs::rename(&staged, input.join(name)).unwrap();
 }
 
 /// The contents of files, as a set.
