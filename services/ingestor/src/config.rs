@@ -4,7 +4,7 @@
 //! Every key is documented in `docs/configuration.md`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use event_contract::ExtraColumnPolicy;
@@ -366,12 +366,15 @@ impl RawSettings {
         let failed_dir = self
             .failed_dir
             .unwrap_or_else(|| self.input_dir.join("failed"));
+        // Compared as resolved paths: `in/../in`, `./in` or a symbolic link to `in` name the
+        // input directory as surely as `in` does, and a file "moved" there stays in place.
+        let input = resolved(&self.input_dir);
         for (key, dir) in [("archive_dir", &archive_dir), ("failed_dir", &failed_dir)] {
-            if dir == &self.input_dir {
+            if resolved(dir) == input {
                 return Err(invalid(
                     key,
                     dir.display(),
-                    "must differ from input_dir, or finished files would be loaded again and again",
+                    format!("must differ from input_dir ({}), but both are {}, or finished files would be loaded again and again", self.input_dir.display(), input.display()),
                 ));
             }
         }
@@ -414,6 +417,30 @@ impl RawSettings {
             after_load: self.after_load,
         })
     }
+}
+
+/// The directory `path` names, for comparing two paths: absolute, with `.`, `..` and symbolic
+/// links resolved (by `canonicalize`) as far as the path exists; the part that does not exist
+/// yet, which cannot hold links, is resolved by its components.
+pub fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let components: Vec<Component> = absolute.components().collect();
+    for existing in (1..=components.len()).rev() {
+        let prefix: PathBuf = components[..existing].iter().collect();
+        if let Ok(mut out) = prefix.canonicalize() {
+            for component in &components[existing..] {
+                match component {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::Normal(part) => out.push(part),
+                    Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+                }
+            }
+            return out;
+        }
+    }
+    absolute
 }
 
 /// `host:pid`: unique per process, and tells an operator where a claim came from.
@@ -498,6 +525,33 @@ mod tests {
                 err.contains("`database_password_file` = `missing`"),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_finished_files_directory_that_is_the_input_by_another_path_is_refused() {
+        Jail::expect_with(|jail| {
+            std::fs::create_dir(jail.directory().join("in")).map_err(|e| e.to_string())?;
+            std::os::unix::fs::symlink("in", jail.directory().join("link"))
+                .map_err(|e| e.to_string())?;
+            jail.set_env("INGESTOR_INPUT_DIR", "in");
+            for (key, value) in [
+                ("ARCHIVE_DIR", "in/../in"),
+                ("ARCHIVE_DIR", "./in/."),
+                ("FAILED_DIR", "link"),
+                ("FAILED_DIR", "in/missing/.."),
+            ] {
+                jail.set_env(format!("INGESTOR_{key}"), value);
+                let err = load(&args(&[])).unwrap_err().to_string();
+                let key = key.to_lowercase();
+                assert!(err.contains(&format!("`{key}` = `{value}`")), "{err}");
+                assert!(err.contains("must differ from input_dir (in)"), "{err}");
+                jail.set_env(format!("INGESTOR_{}", key.to_uppercase()), "elsewhere");
+            }
+            // A sibling whose name merely starts alike is another directory.
+            jail.set_env("INGESTOR_ARCHIVE_DIR", "in/../in2");
+            load(&args(&[])).unwrap();
             Ok(())
         });
     }

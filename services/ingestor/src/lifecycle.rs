@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 
-use crate::config::{AfterLoad, Settings};
+use crate::config::{resolved, AfterLoad, Settings};
 use crate::internal_events::{DirectoryRecreated, Metrics};
 use crate::pipeline::{reader, FileChange, FileStamp};
 
@@ -84,14 +84,29 @@ pub fn after_failed(
     move_into(metrics, path, read, &settings.failed_dir, file_id)
 }
 
-/// Creates the archive and failed directories.
+/// Creates the archive and failed directories, and checks that neither is the input directory.
+///
+/// Configuration already compares the paths resolved as far as they existed; now that all three
+/// exist, their canonical paths are compared once more, so a link or directory that appeared in
+/// between cannot turn every move into a rename of a file onto itself.
 ///
 /// # Errors
-/// When they cannot be created.
+/// When they cannot be created, or one of them is the input directory.
 pub fn prepare_dirs(settings: &Settings) -> anyhow::Result<()> {
-    for dir in [&settings.archive_dir, &settings.failed_dir] {
+    for (key, dir) in [
+        ("archive_dir", &settings.archive_dir),
+        ("failed_dir", &settings.failed_dir),
+    ] {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        let input = resolved(&settings.input_dir);
+        anyhow::ensure!(
+            resolved(dir) != input,
+            "invalid configuration: key `{key}` = `{}`: must differ from input_dir ({}), but both are {}",
+            dir.display(),
+            settings.input_dir.display(),
+            input.display()
+        );
     }
     Ok(())
 }

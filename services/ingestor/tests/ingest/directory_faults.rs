@@ -5,10 +5,12 @@
 //! every archived file loaded byte for byte, every line accounted for, and the operator told.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use stack_tests::TestDatabase;
+use stack_tests::{ChildGuard, TestDatabase};
 
 use crate::helpers::*;
 
@@ -127,6 +129,64 @@ async fn a_254_byte_name_taken_in_the_archive_is_archived_under_a_name_that_fits
     );
 }
 
+#[tokio::test]
+async fn a_finished_files_directory_that_is_the_input_by_another_path_stops_start_up() {
+    // Arrange: files waiting in `in`, and `link`, a symbolic link to it.
+    let db = TestDatabase::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    generate(&input, 2, 300, 1501, FAULTS);
+    let published = keep_copies(&event_files(&input));
+    let waiting = csv_names(&input);
+    std::os::unix::fs::symlink("in", root.path().join("link")).unwrap();
+
+    // Act: started with the archive or failed directory naming `in` another way.
+    for (flag, key, value) in [
+        ("--archive-dir", "archive_dir", "in/../in"),
+        ("--archive-dir", "archive_dir", "./in/"),
+        ("--failed-dir", "failed_dir", "link"),
+    ] {
+        let (status, stderr) =
+            start_and_wait(&db, root.path(), &["--input-dir", "in", flag, value]);
+
+        // Assert: a start-up error naming the key and the value; nothing touched.
+        assert_eq!(status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("key `{key}` = `{value}`"))
+                && stderr.contains("must differ from input_dir (in), but both are"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(csv_names(&input), waiting, "files were moved");
+    assert_eq!(
+        std::fs::read_dir(&input).unwrap().count(),
+        waiting.len(),
+        "a directory was created in the input"
+    );
+    let ledger: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM ingest_files", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ledger, 0);
+
+    // And with an archive directory of its own, the same files load exactly once.
+    let archive = root.path().join("archive");
+    let _ingestor = Ingestor::spawn(
+        &ingestor_url(&db),
+        &input,
+        &[("INGESTOR_ARCHIVE_DIR", archive.to_str().unwrap())],
+    );
+    wait_for_ledger(&db, &input, 2, TIMEOUT).await;
+    assert_exact(&db, &expected(&published.files())).await;
+    assert_ledger_matches_tables(&db).await;
+    let archived = assert_archived_files_were_loaded(&db, &archive).await;
+    assert_eq!(archived, contents(&published.files()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
@@ -154,6 +214,33 @@ fn keep_copies(files: &[PathBuf]) -> Kept {
         std::fs::copy(file, dir.path().join(file.file_name().unwrap())).unwrap();
     }
     Kept { dir }
+}
+
+/// Runs `ingestor <args>` in `cwd` until it exits by itself (a start-up that does not fail
+/// within the bound is a failure of its own); its exit status and standard error.
+fn start_and_wait(db: &TestDatabase, cwd: &Path, args: &[&str]) -> (ExitStatus, String) {
+    let child = Command::new(INGESTOR)
+        .current_dir(cwd)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("DATABASE_URL", ingestor_url(db))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new(child);
+    let status = guard
+        .wait_with_timeout(TIMEOUT)
+        .expect("the ingestor started instead of refusing its configuration");
+    let mut stderr = String::new();
+    guard
+        .child_mut()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
 }
 
 /// Publishes a copy of `file` into `input` under `name` the way producers should: written under
