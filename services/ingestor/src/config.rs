@@ -25,6 +25,17 @@ const MAX_FUTURE_SKEW_SECONDS: u64 = 366 * 24 * 3600;
 /// cost more than the lookups it saves.
 const MAX_DEDUP_MEMORY_IDS: usize = 1 << 20;
 
+/// Largest timeout PostgreSQL accepts, in ms (its GUCs are `int`, so `INT_MAX`). Larger values
+/// of the timeouts sent to it (`lock_timeout`, `statement_timeout`,
+/// `idle_in_transaction_session_timeout`) are refused by the server with SQLSTATE 22023 on every
+/// connection or transaction, which start-up catches instead.
+const PG_MAX_TIMEOUT_MS: u64 = i32::MAX as u64;
+
+/// Largest accepted `ledger_retention_days`: about 2,700 years. Pruning computes
+/// `now() - <days>`, and PostgreSQL's timestamps end in 4713 BC (about 2.4 million days back):
+/// past that every prune fails.
+const MAX_LEDGER_RETENTION_DAYS: u32 = 1_000_000;
+
 pub use service_support::LogFormat;
 
 /// What happens to a file once its transaction committed.
@@ -357,6 +368,29 @@ impl RawSettings {
                 "must not be below retry_initial_ms",
             ));
         }
+        for (key, value) in [
+            ("conflict_wait_ms", self.conflict_wait_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            (
+                "idle_in_transaction_timeout_ms",
+                self.idle_in_transaction_timeout_ms,
+            ),
+        ] {
+            if value > PG_MAX_TIMEOUT_MS {
+                return Err(invalid(
+                    key,
+                    value,
+                    format!("must be at most {PG_MAX_TIMEOUT_MS} (PostgreSQL's largest timeout, about 24.8 days; 0 = no timeout)"),
+                ));
+            }
+        }
+        if self.ledger_retention_days > MAX_LEDGER_RETENTION_DAYS {
+            return Err(invalid(
+                "ledger_retention_days",
+                self.ledger_retention_days,
+                format!("must be at most {MAX_LEDGER_RETENTION_DAYS} (PostgreSQL's timestamps go back no further; 0 = keep forever)"),
+            ));
+        }
         if self.input_dir.as_os_str().is_empty() {
             return Err(invalid("input_dir", "", "must name a directory"));
         }
@@ -508,6 +542,33 @@ mod tests {
             jail.set_env("INGESTOR_MAX_REJECT_RATIO", "2");
             let err = load(&args(&[])).unwrap_err().to_string();
             assert!(err.contains("`max_reject_ratio` = `2`"), "{err}");
+            jail.set_env("INGESTOR_MAX_REJECT_RATIO", "0.5");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn settings_sent_to_postgresql_must_fit_its_ranges() {
+        Jail::expect_with(|jail| {
+            for key in [
+                "conflict_wait_ms",
+                "statement_timeout_ms",
+                "idle_in_transaction_timeout_ms",
+            ] {
+                let env = format!("INGESTOR_{}", key.to_uppercase());
+                jail.set_env(&env, "2147483647");
+                assert!(load(&args(&[])).is_ok(), "{key} at INT_MAX is accepted");
+                jail.set_env(&env, "99999999999");
+                let err = load(&args(&[])).unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!("`{key}` = `99999999999`")) && err.contains("2147483647"),
+                    "{err}"
+                );
+                jail.set_env(&env, "0");
+            }
+            jail.set_env("INGESTOR_LEDGER_RETENTION_DAYS", "4000000");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(err.contains("`ledger_retention_days` = `4000000`"), "{err}");
             Ok(())
         });
     }

@@ -50,6 +50,8 @@ pub struct Metrics {
     transaction_duration: Histogram,
     db_errors: IntCounter,
     retries: IntCounter,
+    loading_blocked: IntCounter,
+    connections_discarded: IntCounter,
     dedup_lookups: IntCounter,
     backlog_files: IntGauge,
     backlog_bytes: IntGauge,
@@ -147,6 +149,20 @@ impl Metrics {
                 IntCounter::new(
                     "ingestor_retries_total",
                     "Transactions retried after a database error.",
+                )?,
+            )?,
+            loading_blocked: register(
+                &registry,
+                IntCounter::new(
+                    "ingestor_loading_blocked_total",
+                    "Transactions rolled back by a database error no retry fixes (a missing table, column or privilege, a setting PostgreSQL rejects); /readyz answers 503 with the reason until one commits.",
+                )?,
+            )?,
+            connections_discarded: register(
+                &registry,
+                IntCounter::new(
+                    "ingestor_database_connections_discarded_total",
+                    "Database connections closed instead of being returned to the pool, because an error or a cancellation left their protocol state in doubt (or the server had closed them), sampled at scrape.",
                 )?,
             )?,
             dedup_lookups: register(
@@ -463,6 +479,28 @@ impl DatabaseFailed<'_> {
     }
 }
 
+/// A transaction rolled back by a database error no retry fixes: the schema, the grants or a
+/// setting must change. Logged as an ERROR (an operator must act); the loader backs off and
+/// retries, and `/readyz` answers 503 with `reason` until a batch commits.
+pub struct LoadingBlocked<'a> {
+    /// The error with its cause chain.
+    pub error: &'a anyhow::Error,
+    /// What `/readyz` says: PostgreSQL's message, its SQLSTATE and what to do.
+    pub reason: &'a str,
+    /// Delay before the retry.
+    pub retry_in: Duration,
+}
+
+impl LoadingBlocked<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::error!(reason = self.reason, error.message = %self.error, error.cause_chain = ?self.error, retry_in_ms = self.retry_in.as_millis() as u64, "Loading fails for a reason no retry fixes; not ready until it is fixed");
+        m.db_errors.inc();
+        m.retries.inc();
+        m.loading_blocked.inc();
+    }
+}
+
 /// The input directory as seen by the last scan.
 pub struct BacklogObserved {
     /// Files waiting.
@@ -491,6 +529,8 @@ pub struct PoolObserved {
     pub connections: u32,
     /// Connections waiting in the pool, unused.
     pub idle_connections: u32,
+    /// Connections the pool closed as broken since start (see `store::pool::Connection`).
+    pub discarded_connections: u64,
 }
 
 impl From<bb8::State> for PoolObserved {
@@ -498,6 +538,7 @@ impl From<bb8::State> for PoolObserved {
         PoolObserved {
             connections: state.connections,
             idle_connections: state.idle_connections,
+            discarded_connections: state.statistics.connections_closed_broken,
         }
     }
 }
@@ -508,5 +549,11 @@ impl PoolObserved {
         m.pool_connections.set(i64::from(self.connections));
         m.pool_idle_connections
             .set(i64::from(self.idle_connections));
+        // bb8 keeps the total; the counter catches up with it (scrapes may run concurrently,
+        // so it only ever moves forward).
+        let behind = self
+            .discarded_connections
+            .saturating_sub(m.connections_discarded.get());
+        m.connections_discarded.inc_by(behind);
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::internal_events::Metrics;
 use crate::lifecycle;
-use crate::pipeline::worker::{self, WorkerState};
+use crate::pipeline::worker::{self, Blocker, WorkerState};
 use crate::routes::{router, AppState};
 use crate::source::Discovery;
 use crate::store::{build_pool, Pool};
@@ -79,15 +79,18 @@ impl Application {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let loader_alive = Arc::new(AtomicBool::new(true));
+        let blocker = Blocker::default();
         let state = AppState {
             pool: pool.clone(),
             metrics: metrics.clone(),
             loader_alive: loader_alive.clone(),
             settings: settings.clone(),
+            blocker: blocker.clone(),
         };
         let worker_state = WorkerState {
             metrics,
             database_ok: Arc::new(AtomicBool::new(false)),
+            blocker,
         };
         let mut loader = tracker.spawn({
             let (settings, cancel) = (settings.clone(), cancel.clone());

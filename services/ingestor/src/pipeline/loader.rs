@@ -18,7 +18,7 @@ use super::{FileIdentity, FileStamp};
 use crate::config::Settings;
 use crate::internal_events::LineCounts;
 use crate::source::Candidate;
-use crate::store::copy::{copy_rejections, insert_new, FileDedup, KnownIds};
+use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
 use crate::store::pool::has_sqlstate;
 use crate::store::recent_ids::{CommittedIds, RecentIds};
@@ -154,6 +154,9 @@ pub async fn load_batch(
         .get()
         .await
         .context("no database connection available")?;
+    // In doubt until COMMIT has answered: an error or a cancellation on the way leaves the
+    // session's protocol state unknown, so it is closed rather than pooled (`store::pool`).
+    conn.doubt();
     let mut tx = conn
         .transaction()
         .await
@@ -198,6 +201,7 @@ pub async fn load_batch(
     tx.commit()
         .await
         .context("COMMIT failed; its outcome is unknown until the ledger is read again")?;
+    conn.settle();
     committed.remember(batch_ids.iter());
     Ok(outcomes)
 }
@@ -254,10 +258,14 @@ async fn load_file(
     };
     let (end, mut loaded) = match stream_file(&mut sp, settings, file, file_id, known).await {
         Ok(streamed) => streamed,
-        Err(e) if has_sqlstate(&e, &SqlState::LOCK_NOT_AVAILABLE) => {
+        Err(e)
+            if has_sqlstate(&e, &SqlState::LOCK_NOT_AVAILABLE) && !CopyNotStarted::caused(&e) =>
+        {
             // Some of its events are being inserted by another in-flight transaction: undo
             // this file and take it again once that one has committed (it will then count
-            // those events as duplicates), instead of waiting with the whole batch.
+            // those events as duplicates), instead of waiting with the whole batch. A COPY that
+            // timed out before it started (a table lock) is not this: its session is out of
+            // step and must not run another statement (see `CopyNotStarted`).
             sp.rollback()
                 .await
                 .context("cannot roll back to the savepoint")?;

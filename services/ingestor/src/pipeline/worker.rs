@@ -22,12 +22,13 @@ use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
     BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
-    FileLoaded, FileMovedAs, FileVanished, Metrics,
+    FileLoaded, FileMovedAs, FileVanished, LoadingBlocked, Metrics,
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
+use crate::store::pool::{classify, Failure};
 use crate::store::recent_ids::CommittedIds;
-use crate::store::{is_data_error, ledger, Pool};
+use crate::store::{ledger, Pool};
 
 /// How long a file another replica is loading (or that could not be read) is left alone.
 const SKIP_FOR: Duration = Duration::from_millis(500);
@@ -43,6 +44,31 @@ pub struct WorkerState {
     pub metrics: Metrics,
     /// Whether the last database operation succeeded.
     pub database_ok: Arc<AtomicBool>,
+    /// Why loading cannot go on until an operator acts, for `/readyz`.
+    pub blocker: Blocker,
+}
+
+/// Why loading is blocked by a database error no retry fixes (a missing table, column or
+/// privilege, a setting PostgreSQL rejects), shared with `/readyz`: the database answers
+/// `SELECT 1`, yet nothing loads, so readiness must say so and why. Set by a loop whose batch
+/// failed that way; cleared by the next commit, or when nothing is left to load (then nothing
+/// can be failing). A std mutex: held only to copy a string, never across an await.
+#[derive(Clone, Default)]
+pub struct Blocker(Arc<Mutex<Option<String>>>);
+
+impl Blocker {
+    /// The reason loading is blocked, if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, reason: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// What the loops of one process share.
@@ -134,6 +160,9 @@ async fn run_loop(ctx: LoopContext) {
             prune_if_due(&settings, &pool, &mut last_prune).await;
         }
         skipped.retain(|_, until| *until > Instant::now());
+        if scan.ready.is_empty() {
+            state.blocker.clear();
+        }
         let ready: Vec<Candidate> = scan
             .ready
             .into_iter()
@@ -155,6 +184,7 @@ async fn run_loop(ctx: LoopContext) {
             Ok(outcomes) => {
                 state.database_ok.store(true, Ordering::Relaxed);
                 state.metrics.set_ready(true);
+                state.blocker.clear();
                 backoff.reset();
                 breaker.succeeded();
                 BatchCommitted {
@@ -166,7 +196,7 @@ async fn run_loop(ctx: LoopContext) {
                     finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
                 }
             }
-            Err(error) if is_data_error(&error) => {
+            Err(error) if classify(&error) == Failure::RowData => {
                 // The database is up but refuses some file's rows: narrow it down to the file
                 // and set that file aside, instead of retrying the same batch forever.
                 match breaker.failed(batch) {
@@ -182,11 +212,29 @@ async fn run_loop(ctx: LoopContext) {
                 state.database_ok.store(false, Ordering::Relaxed);
                 state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
-                DatabaseFailed {
-                    error: &error,
-                    retry_in,
+                if let Failure::Blocking(db) = classify(&error) {
+                    // No file is to blame and no retry fixes it: say why on /readyz, and keep
+                    // backing off (never quarantining) until an operator has fixed it.
+                    let reason = format!(
+                        "loading fails and no retry fixes it: {} (SQLSTATE {}); fix the schema, \
+                         the grants or the setting, and loading resumes by itself",
+                        db.message(),
+                        db.code().code()
+                    );
+                    LoadingBlocked {
+                        error: &error,
+                        reason: &reason,
+                        retry_in,
+                    }
+                    .emit(&state.metrics);
+                    state.blocker.set(reason);
+                } else {
+                    DatabaseFailed {
+                        error: &error,
+                        retry_in,
+                    }
+                    .emit(&state.metrics);
                 }
-                .emit(&state.metrics);
                 drop(claimed);
                 tokio::select! {
                     () = tokio::time::sleep(retry_in) => {}
@@ -295,6 +343,8 @@ async fn quarantine(
         // Opened and hashed once more: the file recorded as failed is the file that is moved.
         let opened = tokio::task::spawn_blocking(move || reader::open(&path)).await??;
         let mut conn = pool.get().await?;
+        // In doubt until COMMIT answered, as in `load_batch`.
+        conn.doubt();
         let tx = conn.transaction().await?;
         let file_id = ledger::record_failed(
             &tx,
@@ -306,6 +356,7 @@ async fn quarantine(
         )
         .await?;
         tx.commit().await?;
+        conn.settle();
         anyhow::Ok((file_id, opened.stamp))
     };
     match recorded.await {

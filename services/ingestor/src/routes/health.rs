@@ -1,5 +1,6 @@
 //! Liveness never touches the database (an outage must not make an orchestrator restart every
-//! replica); readiness does, and says why it is not ready.
+//! replica); readiness does, and says why it is not ready, including when the database answers
+//! but refuses the loader's work in a way no retry fixes.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,10 +27,14 @@ pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-/// `GET /readyz`: the loader runs and the database answers `SELECT 1`.
+/// `GET /readyz`: the loader runs, its last batch did not fail for a reason no retry fixes
+/// (a missing table, column or privilege, a setting PostgreSQL rejects), and the database
+/// answers `SELECT 1`.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let verdict = if !state.loader_alive.load(Ordering::Relaxed) {
         Err("loader is not running".to_owned())
+    } else if let Some(reason) = state.blocker.reason() {
+        Err(reason)
     } else {
         check_database(&state).await
     };
@@ -45,14 +50,18 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 async fn check_database(state: &AppState) -> Result<(), String> {
     let check = async {
-        let conn = state
+        let mut conn = state
             .pool
             .get()
             .await
             .map_err(|e| format!("database unavailable: {e}"))?;
+        // A check cut short by the timeout below leaves its reply unread: in doubt until it
+        // answered, so such a connection is closed rather than handed to a loader.
+        conn.doubt();
         conn.simple_query("SELECT 1")
             .await
             .map_err(|e| format!("database unavailable: {e}"))?;
+        conn.settle();
         Ok(())
     };
     tokio::time::timeout(READY_CHECK_TIMEOUT, check)

@@ -13,6 +13,7 @@ use axum::Router;
 
 use crate::config::Settings;
 use crate::internal_events::Metrics;
+use crate::pipeline::worker::Blocker;
 use crate::store::Pool;
 
 /// What the handlers read.
@@ -26,6 +27,8 @@ pub struct AppState {
     pub loader_alive: Arc<AtomicBool>,
     /// The service settings (`/status` reads the input directory and the ledger with them).
     pub settings: Arc<Settings>,
+    /// Why loading is blocked by an error no retry fixes, if it is (`/readyz` reports it).
+    pub blocker: Blocker,
 }
 
 /// The router: `/metrics`, `/healthz` and `/livez` (liveness), `/readyz` (readiness),

@@ -36,6 +36,44 @@ const COPY_REJECTIONS: &str =
     FROM STDIN (FORMAT binary)";
 const REJECTION_TYPES: [Type; 5] = [Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT];
 
+/// The context of an error from *starting* a COPY (before PostgreSQL entered copy mode): the
+/// session that ran it must not be used again, not even to roll back to a savepoint.
+///
+/// Why: tokio-postgres 0.7.18 (`copy_in::copy_in`) sends the COPY as Bind, Execute **and Sync**,
+/// and ends it with CopyDone or CopyFail **and another Sync**. Once copy mode has started the
+/// server ignores the first Sync, so a COPY that fails half-way is answered by one
+/// ReadyForQuery. But when the COPY fails before it starts (`lock_timeout` while waiting for a
+/// table lock, INSERT privilege revoked, a missing column), both Syncs are answered: the second
+/// ReadyForQuery is taken as the reply to whatever the session sends next, and every later
+/// request reads the reply of the one before ("unexpected message from server", "COMMIT failed;
+/// its outcome is unknown", `/readyz` answering 503 from a healthy database). This is
+/// rust-postgres issue #789 / pull request #1337, open upstream.
+///
+/// Reproduced by `database_refusals.rs`: hold `LOCK TABLE events IN ACCESS EXCLUSIVE MODE` in
+/// another session while files load with `conflict_wait_ms = 50`, or
+/// `REVOKE INSERT ON rejected_rows FROM ingestor`. The stray reply cannot be absorbed (its
+/// arrival is not observable through the client), so the workaround is to give the session
+/// up: the error propagates out of the transaction, which leaves its pooled connection in
+/// doubt, and the pool closes it (see `store::pool::Connection`).
+#[derive(Debug)]
+pub struct CopyNotStarted {
+    /// The table the COPY was for.
+    pub table: &'static str,
+}
+
+impl std::fmt::Display for CopyNotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot start COPY into {}", self.table)
+    }
+}
+
+impl CopyNotStarted {
+    /// Whether `error` comes from a COPY that failed to start.
+    pub fn caused(error: &anyhow::Error) -> bool {
+        error.downcast_ref::<CopyNotStarted>().is_some()
+    }
+}
+
 /// A row that broke the contract, ready for `rejected_rows`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedRow {
@@ -168,7 +206,11 @@ pub async fn insert_new(
                     looked_up,
                 });
             }
-            Err(e) if has_sqlstate(&e, &SqlState::UNIQUE_VIOLATION) => {
+            // A unique violation is raised by a row, so copy mode had started and the session
+            // is in step; the guard only documents that a COPY that never started is not this.
+            Err(e)
+                if has_sqlstate(&e, &SqlState::UNIQUE_VIOLATION) && !CopyNotStarted::caused(&e) =>
+            {
                 chunk
                     .rollback()
                     .await
@@ -225,7 +267,7 @@ pub async fn copy_events(
     let sink = tx
         .copy_in(COPY_EVENTS)
         .await
-        .context("cannot start COPY into events")?;
+        .context(CopyNotStarted { table: "events" })?;
     let writer = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
     pin_mut!(writer);
     for LineEvent { event, line } in events {
@@ -266,10 +308,9 @@ pub async fn copy_rejections(
     if rows.is_empty() {
         return Ok(0);
     }
-    let sink = tx
-        .copy_in(COPY_REJECTIONS)
-        .await
-        .context("cannot start COPY into rejected_rows")?;
+    let sink = tx.copy_in(COPY_REJECTIONS).await.context(CopyNotStarted {
+        table: "rejected_rows",
+    })?;
     let writer = BinaryCopyInWriter::new(sink, &REJECTION_TYPES);
     pin_mut!(writer);
     for row in rows {

@@ -7,4 +7,4 @@ pub mod ledger;
 pub mod pool;
 pub mod recent_ids;
 
-pub use pool::{build_pool, connect_once, is_data_error, Pool};
+pub use pool::{build_pool, classify, connect_once, Failure, Pool};

@@ -9,6 +9,7 @@ mod bad_input;
 mod crash;
 mod dashboards;
 mod database_faults;
+mod database_refusals;
 mod directory_faults;
 mod end_to_end;
 mod endpoints;
