@@ -42,6 +42,7 @@ pub struct Metrics {
     files: IntCounterVec,
     files_changed: IntCounterVec,
     move_faults: IntCounterVec,
+    future_mtimes: IntCounter,
     rows: IntCounterVec,
     rows_rejected: IntCounterVec,
     bytes_read: IntCounter,
@@ -97,6 +98,13 @@ impl Metrics {
                 "Moves after COMMIT that found something missing: the archive or failed directory (recreated, then the move went ahead), or the file's name (gone before it could be moved).",
                 "fault",
                 &MOVE_FAULTS,
+            )?,
+            future_mtimes: register(
+                &registry,
+                IntCounter::new(
+                    "ingestor_files_future_mtime_total",
+                    "Files first seen with a modification time in the future; they count as landed when first seen.",
+                )?,
             )?,
             rows: counter_vec(
                 &registry,
@@ -439,6 +447,28 @@ impl FileMovedAs<'_> {
             moved_to = %self.to.display(),
             "File moved under another name; its own was taken"
         );
+    }
+}
+
+/// A file was seen with a modification time in the future: the producer's clock is ahead, or a
+/// copy kept a future time. Its landing time (for settling, age and latency) is when it was
+/// first seen instead; measured from its mtime it would never settle, and show an age of 0.
+pub struct FutureModificationTimeSeen<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Its modification time.
+    pub modified: std::time::SystemTime,
+}
+
+impl FutureModificationTimeSeen<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            file = self.name,
+            mtime = %chrono::DateTime::<chrono::Utc>::from(self.modified).to_rfc3339(),
+            "File has a modification time in the future; it counts as landed when first seen"
+        );
+        m.future_mtimes.inc();
     }
 }
 

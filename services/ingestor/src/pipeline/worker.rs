@@ -22,7 +22,7 @@ use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
     BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
-    FileLoaded, FileMovedAs, FileVanished, LoadingBlocked, Metrics,
+    FileLoaded, FileMovedAs, FileVanished, FutureModificationTimeSeen, LoadingBlocked, Metrics,
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
@@ -155,6 +155,13 @@ async fn run_loop(ctx: LoopContext) {
             tracing::error!(error = %e, "Cannot list the input directory");
             Scan::default()
         });
+        for file in &scan.future {
+            FutureModificationTimeSeen {
+                name: &file.name,
+                modified: file.modified,
+            }
+            .emit(&state.metrics);
+        }
         if index == 0 {
             observe_backlog(&scan, &state.metrics);
             prune_if_due(&settings, &pool, &mut last_prune).await;

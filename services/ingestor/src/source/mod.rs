@@ -24,9 +24,24 @@ pub struct Candidate {
     pub name: String,
     /// Size when listed.
     pub size: u64,
-    /// Modification time: when it landed.
+    /// When it landed: its modification time, or, for a modification time in the future (a
+    /// producer's clock ahead of ours, a copy that kept a future time), when it was first seen
+    /// as it is.
     pub modified: SystemTime,
 }
+
+/// A file first seen with a modification time in the future.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FutureModified {
+    /// File name.
+    pub name: String,
+    /// Its modification time.
+    pub modified: SystemTime,
+}
+
+/// What a file with a future modification time looked like when first seen (size and mtime),
+/// and when that was.
+type FirstSeen = Mutex<HashMap<OsString, ((u64, SystemTime), SystemTime)>>;
 
 /// Names inotify announced as complete, with when, shared with the watcher's thread. A std
 /// mutex: it is never held across an await.
@@ -37,6 +52,10 @@ pub struct Discovery {
     dir: PathBuf,
     settle: Duration,
     announced: Announced,
+    /// Files with a future modification time, for the time they count as landed: measured
+    /// from that mtime, their age would be 0 (no backlog alert ever fires) and an unannounced
+    /// one would never have settled, so it would never be loaded.
+    first_seen: FirstSeen,
     wake: Arc<watch::Sender<u64>>,
     watching: Arc<AtomicBool>,
     _watcher: Option<RecommendedWatcher>,
@@ -75,6 +94,7 @@ impl Discovery {
             dir: dir.to_owned(),
             settle,
             announced,
+            first_seen: FirstSeen::default(),
             wake,
             watching,
             _watcher: watcher,
@@ -106,6 +126,7 @@ impl Discovery {
                 waiting.push(candidate);
             }
         }
+        let future = self.landed_when_first_seen(&mut waiting, now);
         waiting.sort_by(|a, b| (a.modified, &a.name).cmp(&(b.modified, &b.name)));
         let present: HashSet<&OsStr> = waiting.iter().filter_map(|c| c.path.file_name()).collect();
         let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
@@ -123,7 +144,45 @@ impl Discovery {
             })
             .cloned()
             .collect();
-        Ok(Scan { ready, waiting })
+        Ok(Scan {
+            ready,
+            waiting,
+            future,
+        })
+    }
+
+    /// Gives each file whose modification time is ahead of `now` the time it was first seen as
+    /// it is (same size and mtime; a change counts as a new landing, as a write would) as its
+    /// landing time; returns the files seen so for the first time, to be reported once.
+    fn landed_when_first_seen(
+        &self,
+        waiting: &mut [Candidate],
+        now: SystemTime,
+    ) -> Vec<FutureModified> {
+        let mut first_seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut future = Vec::new();
+        let mut present = HashSet::new();
+        for candidate in waiting.iter_mut().filter(|c| c.modified > now) {
+            let Some(name) = candidate.path.file_name() else {
+                continue;
+            };
+            present.insert(name.to_owned());
+            let looks = (candidate.size, candidate.modified);
+            let landed = match first_seen.get(name) {
+                Some((seen, at)) if *seen == looks => *at,
+                _ => {
+                    first_seen.insert(name.to_owned(), (looks, now));
+                    future.push(FutureModified {
+                        name: candidate.name.clone(),
+                        modified: candidate.modified,
+                    });
+                    now
+                }
+            };
+            candidate.modified = landed;
+        }
+        first_seen.retain(|name, _| present.contains(name));
+        future
     }
 }
 
@@ -134,6 +193,8 @@ pub struct Scan {
     pub ready: Vec<Candidate>,
     /// Every event file present (for backlog metrics).
     pub waiting: Vec<Candidate>,
+    /// Files seen for the first time with a modification time in the future.
+    pub future: Vec<FutureModified>,
 }
 
 /// Event files are visible regular files ending in `.csv`; hidden names are temp files.
@@ -189,6 +250,37 @@ fn watch(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    /// A file nobody announced, with a modification time in the future, lands when it is first
+    /// seen: it settles from then (so it is loaded) and its age grows from then (so it shows).
+    #[test]
+    fn a_future_modification_time_counts_as_landed_when_first_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ahead.csv");
+        std::fs::write(&path, "x").unwrap();
+        let ahead = SystemTime::now() + Duration::from_secs(86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(ahead)
+            .unwrap();
+        let waiting = Discovery::start(dir.path(), Duration::from_secs(3600)).unwrap();
+        let before = SystemTime::now();
+
+        let first = waiting.scan().unwrap();
+        let second = waiting.scan().unwrap();
+
+        assert!(first.ready.is_empty(), "{first:?}");
+        let landed = first.waiting[0].modified;
+        assert!(landed >= before && landed <= SystemTime::now(), "{first:?}");
+        assert_eq!(second.waiting[0].modified, landed, "first seen, not last");
+        assert_eq!(first.future.len(), 1);
+        assert_eq!(first.future[0].modified, ahead);
+        assert!(second.future.is_empty(), "reported once");
+        let settled = Discovery::start(dir.path(), Duration::ZERO).unwrap();
+        assert_eq!(settled.scan().unwrap().ready.len(), 1);
+    }
 
     /// A file renamed in while the directory is being listed can be missing from that listing
     /// although its announcement already arrived. The scan must keep such an announcement (so the

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use stack_tests::{ChildGuard, TestDatabase};
 
@@ -185,6 +185,70 @@ async fn a_finished_files_directory_that_is_the_input_by_another_path_stops_star
     assert_ledger_matches_tables(&db).await;
     let archived = assert_archived_files_were_loaded(&db, &archive).await;
     assert_eq!(archived, contents(&published.files()));
+}
+
+#[tokio::test]
+async fn files_with_a_future_modification_time_nobody_announced_are_loaded_and_reported() {
+    // Arrange: files already in the directory when the ingestor starts (so inotify never
+    // announces them), stamped a day ahead, as a producer with a clock ahead would leave them.
+    let db = TestDatabase::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("incoming");
+    std::fs::create_dir(&input).unwrap();
+    generate(&input, 2, 300, 1201, FAULTS);
+    let published = keep_copies(&event_files(&input));
+    let ahead = SystemTime::now() + Duration::from_secs(86_400);
+    for file in event_files(&input) {
+        let file = std::fs::File::options().write(true).open(file).unwrap();
+        file.set_modified(ahead).unwrap();
+    }
+    let started = SystemTime::now();
+
+    // Act
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), &input, &[]);
+    wait_for_ledger(&db, &input, 2, TIMEOUT).await;
+
+    // Assert: loaded exactly, landed when first seen (not a day ahead), and reported.
+    assert_exact(&db, &expected(&published.files())).await;
+    assert_ledger_matches_tables(&db).await;
+    let archived = assert_archived_files_were_loaded(&db, &input.join("processed")).await;
+    assert_eq!(archived, contents(&published.files()));
+    let landed_in_order: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM ingest_files WHERE landed_at BETWEEN $1 AND committed_at",
+            &[&started],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        landed_in_order, 2,
+        "landed_at is when the file was first seen"
+    );
+    let reported = log_events(&ingestor, "File has a modification time in the future");
+    let names: BTreeSet<&str> = reported
+        .iter()
+        .map(|r| r["file"].as_str().unwrap())
+        .collect();
+    let published_names: BTreeSet<String> = published
+        .files()
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(reported.len(), 2, "{reported:#?}");
+    assert_eq!(
+        names,
+        published_names
+            .iter()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>()
+    );
+    assert_eq!(reported[0]["level"], "WARN");
+    let mtime = chrono::DateTime::<chrono::Utc>::from(ahead).to_rfc3339();
+    assert_eq!(reported[0]["mtime"], mtime.as_str());
+    assert_metric(&ingestor, "ingestor_files_future_mtime_total 2");
 }
 
 // ---------------------------------------------------------------------------------------------
