@@ -107,6 +107,9 @@ pub struct RawSettings {
     pub batch_max_files: usize,
     /// A batch closes once it holds this many rows.
     pub batch_max_rows: u64,
+    /// A batch takes files while their sizes add up to at most this many bytes; a bigger file
+    /// is loaded in a batch of its own (every file of a batch is hashed before BEGIN).
+    pub batch_max_bytes: u64,
     /// Database connections in the pool.
     pub pool_size: u32,
     /// Timeout to connect to PostgreSQL (and to wait for a pooled connection), ms.
@@ -150,6 +153,7 @@ impl Default for RawSettings {
             dedup_memory_ids: 16_384,
             batch_max_files: 32,
             batch_max_rows: 50_000,
+            batch_max_bytes: 256 * 1024 * 1024,
             pool_size: 4,
             connect_timeout_ms: 5_000,
             statement_timeout_ms: 60_000,
@@ -206,6 +210,8 @@ pub struct Settings {
     pub batch_max_files: usize,
     /// Rows per transaction under backlog.
     pub batch_max_rows: u64,
+    /// Bytes of files hashed for one transaction, before it begins.
+    pub batch_max_bytes: u64,
     /// Pool size.
     pub pool_size: u32,
     /// Connect / pool checkout timeout.
@@ -435,6 +441,7 @@ impl RawSettings {
             dedup_memory_ids: self.dedup_memory_ids,
             batch_max_files: self.batch_max_files,
             batch_max_rows: self.batch_max_rows,
+            batch_max_bytes: self.batch_max_bytes,
             pool_size: self.pool_size,
             connect_timeout: ms(self.connect_timeout_ms),
             statement_timeout: ms(self.statement_timeout_ms),

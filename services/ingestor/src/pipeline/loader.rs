@@ -139,17 +139,24 @@ pub async fn load_batch(
     cancel: &CancellationToken,
     committed: &CommittedIds,
 ) -> anyhow::Result<Vec<(Candidate, FileOutcome)>> {
-    let batch = &candidates[..candidates.len().min(settings.batch_max_files)];
-    let Some(first) = batch.first() else {
-        return Ok(Vec::new());
-    };
-    // The first file is hashed before BEGIN, so a huge file cannot hold an idle transaction
-    // open; each later file is hashed while the one before it loads.
-    let mut opened = Some(
-        spawn_identify(first)
-            .await
-            .context("identify task panicked")?,
+    let batch = within_byte_budget(
+        &candidates[..candidates.len().min(settings.batch_max_files)],
+        settings.batch_max_bytes,
     );
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Every file of the batch is opened and hashed before BEGIN: a file hashed inside the
+    // transaction leaves it idle meanwhile, and a huge one (a sparse file of many GB reads at
+    // memory speed, but still takes its time) would outlast `idle_in_transaction_timeout`, so
+    // that the server ends the session and the batch fails, again and again. The files are
+    // hashed side by side on blocking threads; the byte budget above bounds how long that takes.
+    let identifying: Vec<JoinHandle<io::Result<OpenedFile>>> =
+        batch.iter().map(spawn_identify).collect();
+    let mut opened = Vec::with_capacity(identifying.len());
+    for handle in identifying {
+        opened.push(handle.await.context("identify task panicked")?);
+    }
     let mut conn = pool
         .get()
         .await
@@ -167,11 +174,7 @@ pub async fn load_batch(
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut batch_ids = RecentIds::new(settings.dedup_memory_ids);
     let mut rows = 0;
-    for (index, candidate) in batch.iter().enumerate() {
-        let Some(current) = opened.take() else {
-            break;
-        };
-        let next = batch.get(index + 1).map(spawn_identify);
+    for (candidate, current) in batch.iter().zip(opened) {
         let outcome = match current {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
             Err(e) => FileOutcome::Retry(format!("cannot read: {e}")),
@@ -194,9 +197,6 @@ pub async fn load_batch(
         if rows >= settings.batch_max_rows || cancel.is_cancelled() {
             break;
         }
-        if let Some(next) = next {
-            opened = Some(next.await.context("identify task panicked")?);
-        }
     }
     tx.commit()
         .await
@@ -204,6 +204,21 @@ pub async fn load_batch(
     conn.settle();
     committed.remember(batch_ids.iter());
     Ok(outcomes)
+}
+
+/// The first files of `candidates` whose sizes (as listed) add up to at most `budget` bytes,
+/// and always the first (none if there are none): a file bigger than the budget is loaded in a
+/// batch of its own, and one that no longer fits waits for the next batch.
+pub fn within_byte_budget(candidates: &[Candidate], budget: u64) -> &[Candidate] {
+    let mut bytes = 0u64;
+    let fitting = candidates
+        .iter()
+        .take_while(|c| {
+            bytes = bytes.saturating_add(c.size);
+            bytes <= budget
+        })
+        .count();
+    &candidates[..fitting.max(1).min(candidates.len())]
 }
 
 /// Opens and hashes a candidate on a blocking thread. The descriptor it returns is the only
@@ -343,8 +358,9 @@ async fn stream_file(
         ..LoadedFile::default()
     };
     let mut dedup = FileDedup::new(settings.dedup_memory_ids);
+    let keepalive = keepalive_interval(settings);
     let (end, mut loaded) = loop {
-        let chunk = match receiver.recv().await {
+        let chunk = match next_message(tx, &mut receiver, keepalive).await? {
             Some(ReadMessage::Chunk(chunk)) => chunk,
             Some(ReadMessage::Done(identity)) => break (ReadEnd::Done(identity), loaded),
             Some(ReadMessage::Unreadable { reason, message }) => {
@@ -378,6 +394,38 @@ async fn stream_file(
     };
     loaded.ids = dedup.into_ids();
     Ok((end, loaded))
+}
+
+/// How long the loader waits for the reader before it shows the server the session is alive:
+/// a third of `idle_in_transaction_timeout`, so two keepalives can be late before it fires;
+/// `None` when that timeout is off.
+fn keepalive_interval(settings: &Settings) -> Option<std::time::Duration> {
+    let timeout = settings.idle_in_transaction_timeout;
+    (!timeout.is_zero()).then(|| (timeout / 3).max(std::time::Duration::from_millis(1)))
+}
+
+/// The reader's next message. While it reads a long stretch without a row to send (a huge
+/// record it skips, such as the hole of a sparse file), the transaction runs no statement, and
+/// the server would end it as idle: a `SELECT 1` between chunks (never during a COPY) keeps it
+/// alive. A frozen or dead process sends none, so the timeout still frees what it holds.
+async fn next_message(
+    tx: &Transaction<'_>,
+    receiver: &mut mpsc::Receiver<ReadMessage>,
+    keepalive: Option<std::time::Duration>,
+) -> anyhow::Result<Option<ReadMessage>> {
+    let Some(every) = keepalive else {
+        return Ok(receiver.recv().await);
+    };
+    loop {
+        match tokio::time::timeout(every, receiver.recv()).await {
+            Ok(message) => return Ok(message),
+            Err(_) => {
+                tx.batch_execute("SELECT 1")
+                    .await
+                    .context("cannot keep the transaction alive while the file is read")?;
+            }
+        }
+    }
 }
 
 /// The error budget: a file whose rejected share exceeds the configured ratio fails as a whole.

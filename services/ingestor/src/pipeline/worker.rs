@@ -17,7 +17,7 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::loader::{load_batch, FileOutcome, LoadedFile};
+use super::loader::{load_batch, within_byte_budget, FileOutcome, LoadedFile};
 use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
@@ -175,9 +175,7 @@ async fn run_loop(ctx: LoopContext) {
             .into_iter()
             .filter(|c| !skipped.contains_key(&c.path))
             .collect();
-        let Some(claimed) =
-            InFlight::take(&shared, breaker.batch(&ready), settings.batch_max_files)
-        else {
+        let Some(claimed) = InFlight::take(&shared, breaker.batch(&ready), &settings) else {
             tokio::select! {
                 _ = changes.changed() => {}
                 () = tokio::time::sleep(settings.rescan_interval) => {}
@@ -259,15 +257,18 @@ struct InFlight<'a> {
 }
 
 impl<'a> InFlight<'a> {
-    /// Takes up to `max` ready files no other loop is loading, oldest first; `None` if none.
-    fn take(shared: &'a Shared, ready: &[Candidate], max: usize) -> Option<Self> {
+    /// Takes the ready files no other loop is loading, oldest first, that one batch loads (up
+    /// to `batch_max_files`, within `batch_max_bytes`); `None` if none. Taking more would keep
+    /// files the batch leaves out from the other loops until it commits.
+    fn take(shared: &'a Shared, ready: &[Candidate], settings: &Settings) -> Option<Self> {
         let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let files: Vec<Candidate> = ready
+        let free: Vec<Candidate> = ready
             .iter()
             .filter(|c| !in_flight.contains(&c.path))
-            .take(max)
+            .take(settings.batch_max_files)
             .cloned()
             .collect();
+        let files = within_byte_budget(&free, settings.batch_max_bytes).to_vec();
         if files.is_empty() {
             return None;
         }

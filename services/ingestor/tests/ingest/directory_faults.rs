@@ -251,6 +251,111 @@ async fn files_with_a_future_modification_time_nobody_announced_are_loaded_and_r
     assert_metric(&ingestor, "ingestor_files_future_mtime_total 2");
 }
 
+#[tokio::test]
+async fn a_huge_sparse_file_in_a_backlog_is_hashed_before_begin_and_loaded_alone() {
+    // Arrange: a backlog of three small files and, second oldest, a sparse file: 100 rows, a
+    // hole of HOLE_BYTES (one record the reader skips and rejects as line_too_long), 100 rows.
+    // The server ends a transaction idle for IDLE_MS; hashing the hole takes longer than that,
+    // and reading it again (pass 2, inside the transaction) takes longer still.
+    let db = TestDatabase::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("incoming");
+    let staging = root.path().join("staging");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::create_dir(&staging).unwrap();
+    generate(&staging, 3, 300, 1051, FAULTS);
+    let small = event_files(&staging);
+    let mut published = Vec::new();
+    for file in &small {
+        let to = input.join(file.file_name().unwrap());
+        std::fs::rename(file, &to).unwrap();
+        published.push(to);
+    }
+    let huge = input.join("huge.csv");
+    let ids = write_sparse(&huge, HOLE_BYTES);
+    let now = SystemTime::now();
+    for (file, age) in [
+        (&published[0], 40),
+        (&huge, 30),
+        (&published[1], 20),
+        (&published[2], 10),
+    ] {
+        let file = std::fs::File::options().write(true).open(file).unwrap();
+        file.set_modified(now - Duration::from_secs(age)).unwrap();
+    }
+    let mut expected = expected(&published);
+    expected.files += 1;
+    expected.lines += 201;
+    expected.rejected += 1;
+    expected.unique_ids.extend(ids);
+    let mut identities: BTreeSet<(Vec<u8>, u64)> = published
+        .iter()
+        .chain([&huge])
+        .map(|f| {
+            let identity = ingestor::pipeline::reader::identify(f).unwrap();
+            (identity.hash.to_vec(), identity.size)
+        })
+        .collect();
+
+    // Act
+    let ingestor = Ingestor::spawn(
+        &ingestor_url(&db),
+        &input,
+        &[
+            ("INGESTOR_IDLE_IN_TRANSACTION_TIMEOUT_MS", IDLE_MS),
+            ("INGESTOR_BATCH_MAX_BYTES", "1048576"),
+        ],
+    );
+    wait_for_ledger(&db, &input, 4, Duration::from_secs(180)).await;
+
+    // Assert: everything stored exactly; the sparse file in a transaction of its own (the
+    // ledger rows one transaction wrote share its id, `xmin`), its hole one rejected line.
+    assert_exact(&db, &expected).await;
+    assert_ledger_matches_tables(&db).await;
+    let client = db.client().await;
+    let huge_entry = client
+        .query_one(
+            "SELECT lines, rejected, (SELECT count(*) FROM ingest_files o \
+                 WHERE o.xmin = f.xmin AND o.file_id <> f.file_id) \
+             FROM ingest_files f WHERE file_name = 'huge.csv' AND status = 'loaded'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            huge_entry.get::<_, i64>(0),
+            huge_entry.get::<_, i64>(1),
+            huge_entry.get::<_, i64>(2)
+        ),
+        (201, 1, 0),
+        "the sparse file: 201 lines, the hole rejected, alone in its transaction"
+    );
+    let reason: String = client
+        .query_one(
+            "SELECT reason FROM rejected_rows r JOIN ingest_files f USING (file_id) \
+             WHERE f.file_name = 'huge.csv'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "line_too_long");
+    let archived: BTreeSet<(Vec<u8>, u64)> = std::fs::read_dir(input.join("processed"))
+        .unwrap()
+        .map(|e| {
+            let identity = ingestor::pipeline::reader::identify(&e.unwrap().path()).unwrap();
+            (identity.hash.to_vec(), identity.size)
+        })
+        .collect();
+    assert_eq!(archived, std::mem::take(&mut identities));
+    assert!(
+        log_events(&ingestor, "Database error").is_empty(),
+        "a transaction was rolled back"
+    );
+    assert_metric(&ingestor, "ingestor_database_errors_total 0");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
@@ -278,6 +383,40 @@ fn keep_copies(files: &[PathBuf]) -> Kept {
         std::fs::copy(file, dir.path().join(file.file_name().unwrap())).unwrap();
     }
     Kept { dir }
+}
+
+/// The hole of the sparse file: 1 GiB of zeros, hashed in about 0.5 s here (measured with
+/// `ingestor replay` on the debug build, whose hash is the same assembly as a release build's):
+/// well over [`IDLE_MS`], so a transaction left open while it is hashed is ended by the server.
+const HOLE_BYTES: u64 = 1024 * 1024 * 1024;
+/// The test server's `idle_in_transaction_session_timeout` for the sparse-file test.
+const IDLE_MS: &str = "200";
+
+/// Writes a CSV file of 100 valid rows, a hole of `hole` bytes (zeros that take no disk space),
+/// a line end and 100 more rows; returns the rows' event ids.
+fn write_sparse(path: &Path, hole: u64) -> Vec<uuid::Uuid> {
+    use std::io::{Seek, SeekFrom, Write};
+    let stamp = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let mut ids = Vec::new();
+    let mut rows = |n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                let id = uuid::Uuid::new_v4();
+                ids.push(id);
+                format!("{id},{},{},view,,{stamp}\n", i + 1, i + 1)
+            })
+            .collect()
+    };
+    let head = format!(
+        "event_id,user_id,product_id,event_type,price,event_timestamp\n{}",
+        rows(100)
+    );
+    let tail = format!("\n{}", rows(100));
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(head.as_bytes()).unwrap();
+    file.seek(SeekFrom::Current(hole as i64)).unwrap();
+    file.write_all(tail.as_bytes()).unwrap();
+    ids
 }
 
 /// Runs `ingestor <args>` in `cwd` until it exits by itself (a start-up that does not fail
