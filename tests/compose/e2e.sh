@@ -100,6 +100,29 @@ wait_drained() {
 
 events_stored() { sql "SELECT count(*) FROM events"; }
 
+# A first start whose schema script fails half-way: the image's entrypoint stops, the restart
+# policy starts PostgreSQL again on the half-made volume (which it no longer initialises), and
+# then the server answers pg_isready, but the compose health check must still say unhealthy.
+check_failed_first_start_never_healthy() {
+    local project="${PROJECT}-broken-init" id check
+    local broken=(docker compose -p "$project" -f docker-compose.yml -f tests/compose/broken-init/compose.yml)
+    "${broken[@]}" down -v >/dev/null 2>&1 || true
+    "${broken[@]}" up -d postgres >/dev/null 2>&1 || true
+    id=$("${broken[@]}" ps -aq postgres)
+    [ -n "$id" ] || fail "the broken-init postgres container was not created"
+    wait_until "[ \"\$(docker inspect -f '{{.RestartCount}}' $id)\" -ge 1 ] && docker exec $id pg_isready -q -h 127.0.0.1" \
+        "PostgreSQL did not restart on the half-initialised volume"
+    check=$(docker inspect -f '{{index .Config.Healthcheck.Test 1}}' "$id")
+    if docker exec "$id" sh -c "$check" >/dev/null 2>&1; then
+        "${broken[@]}" down -v >/dev/null 2>&1 || true
+        fail "the postgres health check passes on a half-initialised volume"
+    fi
+    "${broken[@]}" logs postgres 2>&1 | grep -q 'division by zero' \
+        || fail "the failed first start does not show its cause in docker compose logs postgres"
+    "${broken[@]}" down -v >/dev/null 2>&1
+    say "a first start that failed half-way: pg_isready answers, the health check says unhealthy, the log names the cause"
+}
+
 # secret-init refuses a password Grafana or a URL would misread, naming the .env variable.
 check_secret_init_refuses() {
     local bad output
@@ -161,6 +184,8 @@ run_e2e() {
 
     log "secret-init's password rules"
     check_secret_init_refuses
+    log "PostgreSQL: a failed first start never turns healthy"
+    check_failed_first_start_never_healthy
 
     # A bounded run: E2E_FILES files of E2E_ROWS rows, with the .env fault ratios.
     export GENERATOR_FILES=$E2E_FILES GENERATOR_ROWS=$E2E_ROWS GENERATOR_RATE=$E2E_RATE
