@@ -414,7 +414,7 @@ impl RawSettings {
                 return Err(invalid(
                     key,
                     dir.display(),
-                    format!("must differ from input_dir ({}), but both are {}, or finished files would be loaded again and again", self.input_dir.display(), input.display()),
+                    format!("must differ from input_dir ({}), but both resolve to {}; finished files moved there would be loaded again and again", self.input_dir.display(), input.display()),
                 ));
             }
         }

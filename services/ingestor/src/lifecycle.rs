@@ -102,7 +102,7 @@ pub fn prepare_dirs(settings: &Settings) -> anyhow::Result<()> {
         let input = resolved(&settings.input_dir);
         anyhow::ensure!(
             resolved(dir) != input,
-            "invalid configuration: key `{key}` = `{}`: must differ from input_dir ({}), but both are {}",
+            "invalid configuration: key `{key}` = `{}`: must differ from input_dir ({}), but both resolve to {}; finished files moved there would be loaded again and again",
             dir.display(),
             settings.input_dir.display(),
             input.display()

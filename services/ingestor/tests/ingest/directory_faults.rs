@@ -154,7 +154,7 @@ async fn a_finished_files_directory_that_is_the_input_by_another_path_stops_star
         assert_eq!(status.code(), Some(2), "{flag} {value}: {stderr}");
         assert!(
             stderr.contains(&format!("key `{key}` = `{value}`"))
-                && stderr.contains("must differ from input_dir (in), but both are"),
+                && stderr.contains("must differ from input_dir (in), but both resolve to"),
             "{stderr}"
         );
     }
