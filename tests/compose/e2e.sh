@@ -41,6 +41,16 @@ targets_up() {
     [ "${2:-}" != with-generator ] || prom_query 'up{job="generator"} == 1' | grep -q '=> 1'
 }
 
+# Prometheus has loaded every alert of grafana/prometheus/alerts.yml and evaluated it cleanly.
+alert_rules_loaded() {
+    local want
+    want=$(grep -c -- '- alert: ' grafana/prometheus/alerts.yml)
+    compose exec -T prometheus wget -qO- 'http://127.0.0.1:9090/api/v1/rules?type=alert' \
+        | python3 -c 'import json, sys
+rules = [r for g in json.load(sys.stdin)["data"]["groups"] for r in g["rules"]]
+sys.exit(0 if len(rules) == int(sys.argv[1]) and all(r["health"] == "ok" for r in rules) else 1)' "$want"
+}
+
 check_health() {
     local service state
     for service in $SERVICES; do
@@ -207,6 +217,8 @@ run_e2e() {
     say "$(events_stored) events stored"
     wait_until 'targets_up 1 with-generator' "Prometheus does not report the generator and the ingestor up"
     say "Prometheus: generator and 1 ingestor up"
+    wait_until 'alert_rules_loaded' "Prometheus did not load and evaluate every rule of grafana/prometheus/alerts.yml"
+    say "Prometheus: every alert of alerts.yml loaded and evaluating; firing now: $(prom_query 'count(ALERTS{alertstate="firing"}) or vector(0)' | sed -n 's/.*=> \([0-9]*\) @.*/\1/p')"
 
     log "faults: ingestor killed and crashed"
     fault_kill

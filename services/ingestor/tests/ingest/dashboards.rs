@@ -3,7 +3,9 @@
 //! the project's own scrape config (targets rewritten to the test's ports), every PromQL
 //! expression of the dashboards returns data and names only exported metrics, and every SQL
 //! query of the Business dashboard returns rows from the test database as the read-only
-//! `analyst` role.
+//! `analyst` role. The shipped alert rules pass `promtool check rules` and their unit tests
+//! (`promtool test rules`), and the test's Prometheus loads and evaluates them without error
+//! against the running services.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,29 @@ use crate::helpers::*;
 /// The shipped scrape config.
 fn shipped_prometheus_config() -> PathBuf {
     workspace_root().join("grafana/prometheus/prometheus.yml")
+}
+
+/// The shipped alerting rules and their `promtool test rules` unit tests.
+fn shipped_alert_files() -> (PathBuf, PathBuf) {
+    let dir = workspace_root().join("grafana/prometheus");
+    (dir.join("alerts.yml"), dir.join("alerts.test.yml"))
+}
+
+/// Runs `promtool` with `args`, panicking with its output unless it succeeds.
+fn promtool(args: &[&std::ffi::OsStr]) {
+    let output = match Command::new("promtool").args(args).output() {
+        Ok(output) => output,
+        Err(e) => panic!(
+            "cannot run promtool ({e}); install Prometheus: apt-get install -y prometheus \
+             (.ci/run does this)"
+        ),
+    };
+    assert!(
+        output.status.success(),
+        "promtool {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The dashboards Grafana provisions.
@@ -52,23 +77,31 @@ fn job_names(config: &str) -> Vec<String> {
 
 #[test]
 fn the_shipped_prometheus_config_passes_promtool() {
-    let output = match Command::new("promtool")
-        .args(["check", "config"])
-        .arg(shipped_prometheus_config())
-        .output()
+    // `check config` also checks the rule files the config names.
+    promtool(&[
+        "check".as_ref(),
+        "config".as_ref(),
+        shipped_prometheus_config().as_os_str(),
+    ]);
+}
+
+#[test]
+fn every_alert_fires_when_it_should_and_not_otherwise_in_its_promtool_unit_tests() {
+    let (rules, tests) = shipped_alert_files();
+    promtool(&["check".as_ref(), "rules".as_ref(), rules.as_os_str()]);
+    promtool(&["test".as_ref(), "rules".as_ref(), tests.as_os_str()]);
+    // Every alert has at least one test that expects it to fire.
+    let rules_text = std::fs::read_to_string(&rules).unwrap();
+    let tests_text = std::fs::read_to_string(&tests).unwrap();
+    for alert in rules_text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
     {
-        Ok(output) => output,
-        Err(e) => panic!(
-            "cannot run promtool ({e}); install Prometheus: apt-get install -y prometheus \
-             (.ci/run does this)"
-        ),
-    };
-    assert!(
-        output.status.success(),
-        "promtool check config failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+        let fired = tests_text.split("alertname: ").skip(1).any(|t| {
+            t.starts_with(alert) && t[alert.len()..].trim_start().starts_with("exp_alerts:\n")
+        });
+        assert!(fired, "alert {alert} has no test in which it fires");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,6 +205,31 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
                 .any(|r| (0..r.len()).all(|i| r.get(i).is_some())),
             "panel {panel:?} returned only rows with NULLs: {query}"
         );
+    }
+    // Assert: Prometheus loaded every shipped alert and evaluates it without error against the
+    // running services, and every metric an alert names is exported.
+    let rules = prometheus.alert_rules();
+    let shipped = std::fs::read_to_string(shipped_alert_files().0).unwrap();
+    assert_eq!(
+        rules.len(),
+        shipped.matches("- alert: ").count(),
+        "Prometheus did not load every alert: {rules:#?}"
+    );
+    for rule in &rules {
+        assert_eq!(
+            rule["health"], "ok",
+            "alert rule fails to evaluate: {rule:#}"
+        );
+        let query = rule["query"].as_str().unwrap();
+        for metric in metric_names(query) {
+            assert!(
+                exposition.lines().any(|l| l
+                    .strip_prefix(metric.as_str())
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))),
+                "alert {} queries {metric}, which no service exports",
+                rule["name"]
+            );
+        }
     }
     drop(prometheus);
     drop(generator);
@@ -365,10 +423,12 @@ impl Prometheus {
     /// Starts it with one static target per `(job, port)`, scraped every second.
     fn spawn(jobs: &[(&str, u16)]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = String::from(
+        let mut config = format!(
             "# The shipped grafana/prometheus/prometheus.yml with static test targets.\n\
              global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {:?}\n\
              scrape_configs:\n",
+            shipped_alert_files().0
         );
         for (job, port) in jobs {
             config.push_str(&format!(
@@ -433,6 +493,27 @@ impl Prometheus {
             "Prometheus did not scrape {count} targets: {last}\nlogs: {:#?}",
             self.logs.lock().unwrap()
         );
+    }
+
+    /// The alerting rules Prometheus has loaded, once each has been evaluated at least once.
+    fn alert_rules(&self) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = http_get(self.port, "/api/v1/rules?type=alert");
+            let json: Value = serde_json::from_str(&body).unwrap();
+            let rules: Vec<Value> = json["data"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            if (!rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown"))
+                || Instant::now() >= deadline
+            {
+                return rules;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// An instant query through the HTTP API: (status code, body).
