@@ -462,18 +462,7 @@ fn contents(files: &[PathBuf]) -> BTreeSet<Vec<u8>> {
 /// Every file in `archive` is the byte-for-byte content of a loaded ledger entry (its hash and
 /// size); returns their contents.
 async fn assert_archived_files_were_loaded(db: &TestDatabase, archive: &Path) -> BTreeSet<Vec<u8>> {
-    let loaded: BTreeSet<(Vec<u8>, i64)> = db
-        .client()
-        .await
-        .query(
-            "SELECT content_hash, size_bytes FROM ingest_files WHERE status = 'loaded'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let loaded = loaded_identities(db).await;
     let mut archived = BTreeSet::new();
     for entry in std::fs::read_dir(archive).unwrap() {
         let path = entry.unwrap().path();

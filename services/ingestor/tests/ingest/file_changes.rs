@@ -9,7 +9,7 @@
 //! `conflict_wait_ms = 0`), or, to freeze a replica between COMMIT and the move, a deferred
 //! trigger that makes COMMIT wait for an advisory lock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -403,18 +403,7 @@ async fn assert_everything_published_is_stored(db: &TestDatabase, producer: &Pro
 async fn assert_archive_was_loaded(db: &TestDatabase, input: &Path) -> BTreeMap<String, Vec<u8>> {
     assert!(csv_names(input).is_empty(), "files left in the input");
     assert!(event_files(&input.join("failed")).is_empty());
-    let loaded: BTreeSet<(Vec<u8>, i64)> = db
-        .client()
-        .await
-        .query(
-            "SELECT content_hash, size_bytes FROM ingest_files WHERE status = 'loaded'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let loaded = loaded_identities(db).await;
     let mut archive = BTreeMap::new();
     for path in event_files(&input.join("processed")) {
         let identity = ingestor::pipeline::reader::identify(&path).unwrap();

@@ -1,7 +1,7 @@
 //! Harness for ingestor tests: spawn the binary, talk to its HTTP endpoints, generate input, and
 //! check the database against the contract's own reading of the files.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -399,4 +399,20 @@ pub fn tcp_address(db: &TestDatabase) -> std::net::SocketAddr {
         .unwrap()
         .next()
         .unwrap_or_else(|| panic!("{host} does not resolve"))
+}
+
+/// The (content hash, size) of every loaded ledger entry: the identity an archived file must
+/// have to count as loaded byte for byte.
+pub async fn loaded_identities(db: &TestDatabase) -> BTreeSet<(Vec<u8>, i64)> {
+    db.client()
+        .await
+        .query(
+            "SELECT content_hash, size_bytes FROM ingest_files WHERE status = 'loaded'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
