@@ -405,6 +405,23 @@ async fn the_runner_brings_the_stack_up_events_flow_and_down_leaves_no_process_b
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // ... and has loaded every shipped alert (rule_files made absolute by the runner).
+        let shipped =
+            std::fs::read_to_string(workspace_root().join("grafana/prometheus/alerts.yml"))
+                .unwrap()
+                .matches("- alert: ")
+                .count();
+        let (_, body) = http_get(port, "/api/v1/rules?type=alert");
+        let loaded = serde_json::from_str::<Value>(&body).unwrap()["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+        assert_eq!(
+            loaded, shipped,
+            "the native Prometheus did not load alerts.yml: {body}"
+        );
     } else {
         eprintln!("prometheus is not on PATH: the runner started without it, so it is not checked");
     }
