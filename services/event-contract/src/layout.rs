@@ -94,6 +94,9 @@ pub enum HeaderError {
     /// The header line is longer than the reader's byte cap.
     #[error("header line is longer than {0} bytes")]
     TooLong(usize),
+    /// The header opens a quoted field that is still open at the end of its line.
+    #[error("header line has a quoted field that is not closed before the line ends")]
+    UnterminatedQuote,
 }
 
 impl HeaderError {
@@ -105,6 +108,7 @@ impl HeaderError {
             HeaderError::DuplicateColumn(_) => "header_duplicate_column",
             HeaderError::UnknownColumn(_) => "header_unknown_column",
             HeaderError::TooLong(_) => "header_too_long",
+            HeaderError::UnterminatedQuote => "header_unterminated_quote",
         }
     }
 }

@@ -92,6 +92,9 @@ impl<R: Read> EventReader<R> {
             Some(RawRecord::TooLong { .. }) => {
                 return Err(HeaderError::TooLong(max_record_bytes).into())
             }
+            Some(RawRecord::UnterminatedQuote { .. }) => {
+                return Err(HeaderError::UnterminatedQuote.into())
+            }
             Some(RawRecord::Fields { record, .. }) => HeaderLayout::from_header(record, policy)?,
         };
         Ok(EventReader {
@@ -140,6 +143,16 @@ impl<R: Read> EventReader<R> {
                 outcome: Err(Rejection::record(
                     RejectReason::LineTooLong,
                     format!("record of {bytes} bytes exceeds the {cap}-byte limit"),
+                )),
+            }),
+            Some(RawRecord::UnterminatedQuote { line, raw }) => Some(RowRef {
+                line,
+                raw,
+                outcome: Err(Rejection::record(
+                    RejectReason::UnterminatedQuote,
+                    "a quoted field is not closed before the end of the line \
+                     (no field may contain a line break)"
+                        .to_owned(),
                 )),
             }),
         })

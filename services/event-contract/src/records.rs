@@ -5,6 +5,12 @@
 //! Hand-written on top of `csv_core` because the `csv` crate's reader buffers a whole record of
 //! any size and does not expose the raw bytes behind it; `csv_core` does the actual CSV parsing
 //! (quotes, CRLF, BOM) with the same rules the `csv` crate uses, so the two never disagree.
+//!
+//! One deliberate departure from standard CSV: a line break inside a quoted field ends the record
+//! as [`RawRecord::UnterminatedQuote`]. No contract field may contain a line break, so such a
+//! record can only be a stray `"`; standard CSV would read on to the next `"`, possibly hundreds
+//! of valid rows later, and swallow them all into one rejected record. Stopping at the line end
+//! makes one stray quote cost one row: reading resumes at the next line.
 
 use std::io::{self, Read};
 
@@ -44,7 +50,51 @@ pub enum RawRecord<'a> {
         /// Its full size in bytes.
         bytes: u64,
     },
+    /// A record whose quoted field was still open at a line break or at the end of the input;
+    /// it ends there, and the next record starts on the next line.
+    UnterminatedQuote {
+        /// 1-based line on which the record starts.
+        line: u64,
+        /// The record's bytes up to the line break, without terminator.
+        raw: &'a [u8],
+    },
 }
+
+/// Where the reader stands in a record, mirroring the states of `csv_core`'s parser that decide
+/// whether a line break ends the record or belongs to a quoted field (default dialect: `,`,
+/// `"` with doubled-quote escapes, no escape byte, no comments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    /// At the start of a field (or of a record).
+    FieldStart,
+    /// In an unquoted field: a `"` here is an ordinary byte.
+    Unquoted,
+    /// Inside a quoted field: a line break here is what standard CSV would swallow.
+    Quoted,
+    /// Just after a `"` inside a quoted field: either an escaped `""` or the closing quote.
+    QuoteInQuoted,
+}
+
+impl QuoteState {
+    fn step(self, byte: u8) -> QuoteState {
+        match (self, byte) {
+            (_, b'\r' | b'\n') if self != QuoteState::Quoted => QuoteState::FieldStart,
+            (QuoteState::FieldStart, b'"') => QuoteState::Quoted,
+            (QuoteState::FieldStart | QuoteState::Unquoted | QuoteState::QuoteInQuoted, b',') => {
+                QuoteState::FieldStart
+            }
+            (QuoteState::FieldStart | QuoteState::Unquoted, _) => QuoteState::Unquoted,
+            (QuoteState::Quoted, b'"') => QuoteState::QuoteInQuoted,
+            (QuoteState::Quoted, _) => QuoteState::Quoted,
+            (QuoteState::QuoteInQuoted, b'"') => QuoteState::Quoted,
+            // After a closing quote, csv_core appends further bytes to the field unquoted.
+            (QuoteState::QuoteInQuoted, _) => QuoteState::Unquoted,
+        }
+    }
+}
+
+/// The UTF-8 byte-order mark `csv_core` strips from the first input it is given.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Reads records one at a time with memory bounded by the cap, whatever the input holds.
 pub struct RecordReader<R> {
@@ -72,6 +122,13 @@ pub struct RecordReader<R> {
     after_cr: bool,
     /// The line of the current record's first byte that is not a line terminator.
     record_line: Option<u64>,
+    /// Quote state after the last byte consumed, to stop at a line break in a quoted field.
+    quote: QuoteState,
+    /// Whether `csv_core` has been given no input since it was created or reset (it then strips
+    /// a leading BOM, which the quote state must skip too).
+    core_fresh: bool,
+    /// Bytes at the start of the next consumed input that `csv_core` strips as a BOM.
+    bom_skip: usize,
 }
 
 impl<R: Read> RecordReader<R> {
@@ -97,6 +154,9 @@ impl<R: Read> RecordReader<R> {
             line: 1,
             after_cr: false,
             record_line: None,
+            quote: QuoteState::FieldStart,
+            core_fresh: true,
+            bom_skip: 0,
         }
     }
 
@@ -120,7 +180,37 @@ impl<R: Read> RecordReader<R> {
             if self.chunk_pos == self.chunk_len && !self.eof {
                 self.refill()?;
             }
-            let input = &self.chunk[self.chunk_pos..self.chunk_len];
+            let available = &self.chunk[self.chunk_pos..self.chunk_len];
+            if self.core_fresh
+                && !self.eof
+                && available.len() <= BOM.len()
+                && BOM.starts_with(available)
+            {
+                // csv_core strips a BOM only when its first input holds all of it, and takes
+                // an input of just the BOM for the end of the data: give it more bytes first.
+                self.fill_at_least(BOM.len() + 1)?;
+                continue;
+            }
+            if available.is_empty() && self.quote == QuoteState::Quoted {
+                // The input ends inside a quoted field: the same stray quote as at a line break.
+                return Ok(Some(self.end_unterminated()));
+            }
+            self.bom_skip = if self.core_fresh && available.starts_with(BOM) {
+                BOM.len()
+            } else {
+                0
+            };
+            let len = match self.scan_to_line_end(available) {
+                LineEnd::InQuotes(0) => {
+                    // Consume the line break as this record's end; the next record starts after it.
+                    self.keep_raw(1);
+                    self.chunk_pos += 1;
+                    return Ok(Some(self.end_unterminated()));
+                }
+                LineEnd::InQuotes(len) | LineEnd::Through(len) => len,
+            };
+            let input = &self.chunk[self.chunk_pos..self.chunk_pos + len];
+            self.core_fresh = false;
             let (result, nin, nout, nend) = self.core.read_record(
                 input,
                 &mut self.fields[self.fields_len..],
@@ -140,6 +230,46 @@ impl<R: Read> RecordReader<R> {
         }
     }
 
+    /// How much of `input` `csv_core` may see: up to and including the first line break, or
+    /// only up to it when it falls inside a quoted field (so `csv_core` never reads across it).
+    /// Scanning stops at the first line break, so each byte is scanned about once per record.
+    fn scan_to_line_end(&self, input: &[u8]) -> LineEnd {
+        let mut state = self.quote;
+        for (index, &byte) in input.iter().enumerate().skip(self.bom_skip) {
+            if byte == b'\r' || byte == b'\n' {
+                return if state == QuoteState::Quoted {
+                    LineEnd::InQuotes(index)
+                } else {
+                    LineEnd::Through(index + 1)
+                };
+            }
+            state = state.step(byte);
+        }
+        LineEnd::Through(input.len())
+    }
+
+    /// Ends the current record at an open quote and readies the parser for the next line.
+    fn end_unterminated(&mut self) -> RawRecord<'_> {
+        // csv_core still believes it is inside the quoted field; start it afresh.
+        self.core.reset();
+        self.core_fresh = true;
+        self.quote = QuoteState::FieldStart;
+        let body = strip_leading_blank_lines(&self.raw);
+        let line = self.record_line.unwrap_or(self.line);
+        if self.overflow {
+            // The size cap is checked first, whatever else is wrong with the record.
+            return RawRecord::TooLong {
+                line,
+                raw_prefix: body,
+                bytes: self.raw_bytes,
+            };
+        }
+        RawRecord::UnterminatedQuote {
+            line,
+            raw: strip_terminator(body),
+        }
+    }
+
     fn start_record(&mut self) {
         self.raw.clear();
         self.raw_bytes = 0;
@@ -147,6 +277,7 @@ impl<R: Read> RecordReader<R> {
         self.ends_len = 0;
         self.overflow = false;
         self.record_line = None;
+        self.quote = QuoteState::FieldStart;
     }
 
     fn refill(&mut self) -> io::Result<()> {
@@ -163,8 +294,30 @@ impl<R: Read> RecordReader<R> {
         Ok(())
     }
 
+    /// Moves the unread bytes to the front of the buffer and reads until at least `want` bytes
+    /// are buffered or the input ends.
+    fn fill_at_least(&mut self, want: usize) -> io::Result<()> {
+        self.chunk.copy_within(self.chunk_pos..self.chunk_len, 0);
+        self.chunk_len -= self.chunk_pos;
+        self.chunk_pos = 0;
+        while self.chunk_len < want && !self.eof {
+            let n = match self.input.read(&mut self.chunk[self.chunk_len..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
+            self.chunk_len += n;
+            self.eof = n == 0;
+            self.bytes_read += n as u64;
+        }
+        Ok(())
+    }
+
     fn keep_raw(&mut self, nin: usize) {
         let consumed = &self.chunk[self.chunk_pos..self.chunk_pos + nin];
+        let skip = std::mem::take(&mut self.bom_skip).min(nin);
+        for &byte in &consumed[skip..] {
+            self.quote = self.quote.step(byte);
+        }
         // Blank lines before a record are not part of it: they count neither toward its raw
         // text nor toward its size cap.
         let mut blank_prefix = 0;
@@ -243,6 +396,14 @@ impl<R: Read> RecordReader<R> {
     }
 }
 
+/// Where the next line break in the input falls.
+enum LineEnd {
+    /// This many bytes reach through the first line break outside quotes (or all of the input).
+    Through(usize),
+    /// A line break inside a quoted field starts after this many bytes.
+    InQuotes(usize),
+}
+
 /// Blank lines before a record are consumed with it; they are not part of its raw text.
 fn strip_leading_blank_lines(raw: &[u8]) -> &[u8] {
     let mut rest = raw;
@@ -281,6 +442,9 @@ mod tests {
                 RawRecord::TooLong {
                     line, raw_prefix, ..
                 } => (line, String::from_utf8_lossy(raw_prefix).into_owned(), None),
+                RawRecord::UnterminatedQuote { line, raw } => {
+                    panic!("line {line}: open quote in {raw:?}")
+                }
             });
         }
         out
@@ -288,21 +452,21 @@ mod tests {
 
     #[test]
     fn raw_text_and_start_lines_follow_the_file() {
-        let input = b"h1,h2\n\na,b\r\n\"x\ny\",z\nlast,one";
+        let input = b"h1,h2\n\na,b\r\n\"x,\"\"y\"\"\",z\nlast,one";
         assert_eq!(
             lines_and_raw(input, 1024),
             vec![
                 (1, "h1,h2".into(), Some(2)),
                 (3, "a,b".into(), Some(2)),
-                (4, "\"x\ny\",z".into(), Some(2)),
-                (6, "last,one".into(), Some(2)),
+                (4, "\"x,\"\"y\"\"\",z".into(), Some(2)),
+                (5, "last,one".into(), Some(2)),
             ]
         );
     }
 
     #[test]
     fn a_lone_carriage_return_ends_a_line_so_no_two_records_share_one() {
-        let input = b"h\ra\rb\r\rc\r\n\"x\ry\"\nd";
+        let input = b"h\ra\rb\r\rc\r\n\"x\"\ry\nd";
         assert_eq!(
             lines_and_raw(input, 1024),
             vec![
@@ -310,7 +474,8 @@ mod tests {
                 (2, "a".into(), Some(1)),
                 (3, "b".into(), Some(1)),
                 (5, "c".into(), Some(1)),
-                (6, "\"x\ry\"".into(), Some(1)),
+                (6, "\"x\"".into(), Some(1)),
+                (7, "y".into(), Some(1)),
                 (8, "d".into(), Some(1)),
             ]
         );
@@ -334,6 +499,7 @@ mod tests {
                     assert!(raw_prefix.len() <= TOO_LONG_PREFIX_BYTES);
                     (line, bytes)
                 }
+                RawRecord::UnterminatedQuote { line, .. } => panic!("line {line}: open quote"),
             });
         }
         assert_eq!(kinds, vec![(1, 0), (2, 0), (3, (1 << 20) + 1), (4, 0)]);
@@ -353,6 +519,129 @@ mod tests {
             out,
             vec![(1, "h".into(), Some(1)), (10_002, "a,b".into(), Some(2))]
         );
+    }
+
+    /// Like `lines_and_raw`, with `None` fields for a record ended at an open quote.
+    fn outcomes(input: &[u8], cap: usize) -> Vec<(u64, String, Option<usize>)> {
+        let mut reader = RecordReader::new(input, cap);
+        let mut out = Vec::new();
+        while let Some(record) = reader.read_record().unwrap() {
+            out.push(match record {
+                RawRecord::Fields { line, raw, record } => (
+                    line,
+                    String::from_utf8_lossy(raw).into_owned(),
+                    Some(record.len()),
+                ),
+                RawRecord::UnterminatedQuote { line, raw } => {
+                    (line, format!("open:{}", String::from_utf8_lossy(raw)), None)
+                }
+                RawRecord::TooLong { line, bytes, .. } => (line, format!("long:{bytes}"), None),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_line_break_in_a_quoted_field_ends_the_record_and_the_next_line_is_read() {
+        let input = b"h\na,\"b\nc,d\r\n\"e\r\"f\",g\n\"\"\"\n";
+        assert_eq!(
+            outcomes(input, 1024),
+            vec![
+                (1, "h".into(), Some(1)),
+                (2, "open:a,\"b".into(), None),
+                (3, "c,d".into(), Some(2)),
+                (4, "open:\"e".into(), None),
+                (5, "\"f\",g".into(), Some(2)),
+                // `"""` is an escaped quote inside a quoted field still open at the line end.
+                (6, "open:\"\"\"".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quote_open_at_the_end_of_the_input_ends_the_last_record() {
+        assert_eq!(
+            outcomes(b"h\na,\"b", 1024),
+            vec![(1, "h".into(), Some(1)), (2, "open:a,\"b".into(), None)]
+        );
+    }
+
+    #[test]
+    fn a_quote_inside_an_unquoted_field_or_after_a_closing_quote_opens_nothing() {
+        // csv_core reads `a"b` and `"x"y` as plain fields; so must the quote tracking.
+        assert_eq!(
+            outcomes(b"a\"b,\"x\"y\"\nc,d\n", 1024),
+            vec![
+                (1, "a\"b,\"x\"y\"".into(), Some(2)),
+                (2, "c,d".into(), Some(2))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_over_long_record_with_an_open_quote_is_too_long() {
+        let mut input = b"h\n\"".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 5000));
+        input.extend_from_slice(b"\nafter\n");
+        assert_eq!(
+            outcomes(&input, 4096),
+            vec![
+                (1, "h".into(), Some(1)),
+                (2, "long:5002".into(), None),
+                (3, "after".into(), Some(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bom_before_a_quoted_field_is_skipped_like_csv_core_does() {
+        assert_eq!(
+            outcomes(b"\xEF\xBB\xBF\"a\nb\n", 1024),
+            vec![(1, "open:\"a".into(), None), (2, "b".into(), Some(1))]
+        );
+        assert_eq!(
+            outcomes(b"\xEF\xBB\xBF\"a\",b\nc\n", 1024),
+            vec![(1, "\"a\",b".into(), Some(2)), (2, "c".into(), Some(1))]
+        );
+    }
+
+    /// Hands out one byte per read.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some((&first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            if let Some(slot) = buf.first_mut() {
+                *slot = first;
+                self.0 = rest;
+                return Ok(1);
+            }
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_bom_split_across_reads_is_still_stripped() {
+        let mut reader = RecordReader::new(OneByte(b"\xEF\xBB\xBFa,b\n\"c\nd\n"), 1024);
+        let mut out = Vec::new();
+        while let Some(record) = reader.read_record().unwrap() {
+            out.push(match record {
+                RawRecord::Fields { line, record, .. } => (line, record.as_slice().to_vec()),
+                RawRecord::UnterminatedQuote { line, raw } => (line, raw.to_vec()),
+                RawRecord::TooLong { line, .. } => (line, b"long".to_vec()),
+            });
+        }
+        assert_eq!(
+            out,
+            vec![
+                (1, b"ab".to_vec()),
+                (2, b"\"c".to_vec()),
+                (3, b"d".to_vec())
+            ]
+        );
+        assert_eq!(reader.bytes_read(), 12);
     }
 
     #[test]

@@ -31,11 +31,14 @@ pub enum RejectReason {
     NotUtf8,
     /// The record is longer than the reader's byte cap; its content was skipped.
     LineTooLong,
+    /// A quoted field is still open at the end of its line: a stray `"`. The record ends at the
+    /// line break (no contract field may contain one) and reading resumes on the next line.
+    UnterminatedQuote,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order: the complete label set for metrics.
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::WrongFieldCount,
         RejectReason::MissingField,
         RejectReason::BadUuid,
@@ -46,6 +49,7 @@ impl RejectReason {
         RejectReason::FutureTimestamp,
         RejectReason::NotUtf8,
         RejectReason::LineTooLong,
+        RejectReason::UnterminatedQuote,
     ];
 
     /// The stable snake_case code stored in the database and used as a metric label.
@@ -61,6 +65,7 @@ impl RejectReason {
             RejectReason::FutureTimestamp => "future_timestamp",
             RejectReason::NotUtf8 => "not_utf8",
             RejectReason::LineTooLong => "line_too_long",
+            RejectReason::UnterminatedQuote => "unterminated_quote",
         }
     }
 

@@ -47,7 +47,7 @@ fn every_reason_code_has_a_concrete_bad_line() {
         "6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,{},1001,view,,2026-11-21T11:59:00Z",
         "9".repeat(70_000)
     );
-    let cases: [(&[u8], RejectReason); 17] = [
+    let cases: [(&[u8], RejectReason); 19] = [
         (too_long.as_bytes(), RejectReason::LineTooLong),
         (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99", RejectReason::WrongFieldCount),
         (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99,2026-11-21T11:59:00Z,x", RejectReason::WrongFieldCount),
@@ -65,6 +65,8 @@ fn every_reason_code_has_a_concrete_bad_line() {
         (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99,2026-11-21T13:00:00Z", RejectReason::FutureTimestamp),
         (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,vi\xffew,19.99,2026-11-21T11:59:00Z", RejectReason::NotUtf8),
         (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,4\xc32,1001,view,,2026-11-21T11:59:00Z", RejectReason::NotUtf8),
+        (b"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,\"42,1001,purchase,19.99,2026-11-21T11:59:00Z", RejectReason::UnterminatedQuote),
+        (b"\"6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99,2026-11-21T11:59:00Z\n", RejectReason::UnterminatedQuote),
     ];
     for (line, expected) in cases {
         assert_eq!(
@@ -114,13 +116,56 @@ fn quoted_fields_crlf_and_bom_are_read() {
 
 #[test]
 fn line_numbers_count_physical_lines() {
-    let file = format!("{HEADER_LINE}\n{GOOD}\n\"a\nb\",1,1,view,,x\n{GOOD}\n");
+    let file = format!("{HEADER_LINE}\n{GOOD}\n\n\"a,1,1,view,,x\r\n{GOOD}\n");
     let lines: Vec<u64> = read_all(file.as_bytes())
         .unwrap()
         .iter()
         .map(|r| r.line)
         .collect();
-    assert_eq!(lines, vec![2, 3, 5]);
+    assert_eq!(lines, vec![2, 4, 5]);
+}
+
+#[test]
+fn a_stray_quote_costs_its_own_line_and_no_other() {
+    // A quoted field that would, in standard CSV, run on to the quote in line 5.
+    let file = format!("{HEADER_LINE}\n{GOOD}\n\"a,1,1,view,,x\n{GOOD}\n\"quoted\",1\n");
+    let rows = read_all(file.as_bytes()).unwrap();
+    let outcomes: Vec<(u64, Option<RejectReason>)> = rows
+        .iter()
+        .map(|r| (r.line, r.outcome.as_ref().err().map(|e| e.reason)))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (2, None),
+            (3, Some(RejectReason::UnterminatedQuote)),
+            (4, None),
+            (5, Some(RejectReason::WrongFieldCount)),
+        ]
+    );
+}
+
+#[test]
+fn a_header_with_an_open_quote_fails_the_file() {
+    let file = format!("\"{HEADER_LINE}\n{GOOD}\n\"\n");
+    let err = read_all(file.as_bytes()).unwrap_err();
+    assert_eq!(err.code(), "header_unterminated_quote");
+}
+
+/// A reader that hands out at most `chunk` bytes per read, so that line breaks, quotes and the
+/// BOM fall on every possible read boundary.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    chunk: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.chunk.min(buf.len()).min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
 }
 
 #[test]
@@ -175,6 +220,54 @@ proptest! {
             .map(|row| row.outcome.unwrap())
             .collect();
         prop_assert_eq!(parsed, events);
+    }
+
+    #[test]
+    fn one_stray_quote_rejects_exactly_its_own_row(
+        events in proptest::collection::vec(arb_event(), 1..30),
+        at_row in any::<prop::sample::Index>(),
+        at_field in 0..6usize,
+        line_end in prop::sample::select(vec!["\n", "\r\n", "\r"]),
+        bom in any::<bool>(),
+        chunk in 1..80usize,
+    ) {
+        let stray = at_row.index(events.len());
+        let mut file = Vec::new();
+        if bom {
+            file.extend_from_slice("\u{feff}".as_bytes());
+        }
+        file.extend_from_slice(HEADER_LINE.as_bytes());
+        for (index, event) in events.iter().enumerate() {
+            file.extend_from_slice(line_end.as_bytes());
+            let mut fields = event.to_fields();
+            if index == stray {
+                // A `"` opening the field: no valid field holds a quote, so nothing closes it.
+                fields[at_field].insert(0, '"');
+            }
+            file.extend_from_slice(fields.join(",").as_bytes());
+        }
+        // Half the cases end the last line, half end the file inside the open quote.
+        if chunk % 2 == 0 {
+            file.extend_from_slice(line_end.as_bytes());
+        }
+        let rows: Vec<ParsedRow> = EventReader::new(
+            Trickle { bytes: &file, chunk },
+            ValidationContext::at(now()),
+            ExtraColumnPolicy::Ignore,
+        )
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+        prop_assert_eq!(rows.len(), events.len());
+        for (index, (row, event)) in rows.iter().zip(&events).enumerate() {
+            prop_assert_eq!(row.line, index as u64 + 2);
+            if index == stray {
+                let reason = row.outcome.as_ref().err().map(|e| e.reason);
+                prop_assert_eq!(reason, Some(RejectReason::UnterminatedQuote));
+            } else {
+                prop_assert_eq!(row.outcome.as_ref().ok(), Some(event));
+            }
+        }
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub fn corrupt(event: &Event, reason: RejectReason, rng: &mut impl Rng) -> Vec<V
             // Not injected (see `rows::is_injected`); a long field would make it one.
             fields[at(Column::UserId)] = vec![b'9'; event_contract::DEFAULT_MAX_RECORD_BYTES + 1];
         }
+        RejectReason::UnterminatedQuote => {
+            // Not injected (see `rows::is_injected`): the writer quotes any field that needs it,
+            // so no field value can leave a quote open; the fields are returned unchanged.
+        }
     }
     fields
 }

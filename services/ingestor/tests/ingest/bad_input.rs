@@ -28,13 +28,14 @@ use crate::helpers::*;
 // ---------------------------------------------------------------------------------------------
 
 /// Every code a file that is not event CSV at all can fail with.
-const UNREADABLE_CODES: [&str; 6] = [
+const UNREADABLE_CODES: [&str; 7] = [
     "empty_file",
     "header_not_utf8",
     "header_missing_column",
     "header_duplicate_column",
     "header_unknown_column",
     "header_too_long",
+    "header_unterminated_quote",
 ];
 
 /// What must become of one file.
@@ -180,21 +181,36 @@ fn corpus() -> Vec<Case> {
         expect: loaded(&[(a, 2), (b, 3)], vec![]),
     });
 
-    // Quoted fields may hold commas, quotes and newlines; a record spanning lines keeps the line
-    // it starts on, and the records after it keep their own.
-    let [(a, row_a), (c, row_c)] = valid_rows();
-    let x = Uuid::new_v4();
-    let split_type = format!("{x},42,7,\"vi\new\",,{ts},plain");
+    // Quoted fields may hold commas and quotes, but not a line break: no contract field has one,
+    // so a quote still open at the end of a line is a stray quote. That line is rejected and the
+    // next line is read as a record of its own (standard CSV would join them).
+    let [(c, row_c)] = valid_rows();
+    let open_note = format!("{},\"a,b", valid_row().1);
+    let open_type = format!("{},42,7,\"vi", Uuid::new_v4());
+    let type_tail = format!("ew\",,{ts},plain");
     cases.push(Case {
         name: "quoted_newlines.csv",
         bytes: format!(
-            "{HEADER_LINE},note\n{row_a},\"a,b\nc\"\n{split_type}\n{row_c},\"say \"\"hi\"\"\"\n"
+            "{HEADER_LINE},note\n{open_note}\nc\"\n{open_type}\n{type_tail}\n{row_c},\"say \"\"hi\"\"\"\n"
         )
         .into_bytes(),
         expect: loaded(
-            &[(a, 2), (c, 6)],
-            vec![(4, "unknown_event_type", Raw::Exact(split_type))],
+            &[(c, 6)],
+            vec![
+                (2, "unterminated_quote", Raw::Exact(open_note)),
+                (3, "wrong_field_count", Raw::Exact("c\"".to_owned())),
+                (4, "unterminated_quote", Raw::Exact(open_type)),
+                (5, "wrong_field_count", Raw::Exact(type_tail)),
+            ],
         ),
+    });
+
+    // A header with a quote still open at its line end fails the file.
+    let [(_, a)] = valid_rows();
+    cases.push(Case {
+        name: "header_open_quote.csv",
+        bytes: format!("\"{HEADER_LINE}\n{a}\n").into_bytes(),
+        expect: Expect::Failed(&["header_unterminated_quote"]),
     });
 
     // Windows line endings.
@@ -601,6 +617,90 @@ async fn a_file_removed_while_being_read_never_wedges_the_service() {
     assert_eq!(loading, 0, "no entry left half-claimed");
     assert_eq!(ingestor.get("/readyz").0, 200);
     assert_eq!(ingestor.get("/healthz").0, 200);
+}
+
+#[tokio::test]
+async fn one_stray_quote_in_200_rows_costs_one_row_and_199_load() {
+    // Arrange: 200 valid rows; row 100 (line 101) opens a quoted field it never closes. Read as
+    // standard CSV, that quote would run to the end of the file and swallow the 100 rows after
+    // it into one rejected record.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path();
+    let ts = recent();
+    let mut file = format!("{HEADER_LINE}\n");
+    let mut ids = Vec::new();
+    let mut stray = String::new();
+    for i in 0..200 {
+        let id = Uuid::new_v4();
+        if i == 99 {
+            stray = format!("{id},\"42,7,purchase,19.99,{ts}");
+            writeln!(file, "{stray}").unwrap();
+        } else {
+            ids.push(id);
+            writeln!(file, "{id},42,7,purchase,19.99,{ts}").unwrap();
+        }
+    }
+    std::fs::write(input.join("stray_quote.csv"), &file).unwrap();
+    let expected = expected(&event_files(input));
+    assert_eq!(
+        (expected.lines, expected.unique_ids.len(), expected.rejected),
+        (200, 199, 1),
+        "the contract reads the file as 199 events and one rejection"
+    );
+    // Act
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), input, &[]);
+    wait_for_files(
+        &db,
+        &ingestor,
+        input,
+        &["stray_quote.csv"],
+        Duration::from_secs(60),
+    )
+    .await;
+    // Assert
+    assert_exact(&db, &expected).await;
+    let client = db.client().await;
+    let entry = ledger_entry(&client, "stray_quote.csv").await;
+    assert_eq!(
+        (
+            entry.status.as_str(),
+            entry.lines,
+            entry.accepted,
+            entry.duplicates,
+            entry.rejected
+        ),
+        ("loaded", 200, 199, 0, 1)
+    );
+    assert_eq!(
+        rejected_rows(&client, entry.file_id).await,
+        [(101, "unterminated_quote".to_owned(), stray)]
+    );
+    let stored: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 199, "every row but the stray one stored");
+    assert!(input.join("processed/stray_quote.csv").is_file());
+    let (_, metrics) = ingestor.get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ingestor_rows_rejected_total{reason=\"unterminated_quote\"} 1"),
+        "the rejection is counted under its reason:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ingestor_rows_rejected_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(ingestor.get("/readyz").0, 200);
+    let exit = ingestor.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[tokio::test]
