@@ -121,7 +121,14 @@ impl Application {
                     Err(_) => {
                         tracing::warn!("Drain timeout reached; the open transaction is rolled back");
                         loader.abort();
-                        Ok(())
+                        // Abandoning a batch is not a clean stop: exit non-zero so that an
+                        // operator or orchestrator can tell the two apart (issue 12 item 9).
+                        Err(anyhow::anyhow!(
+                            "the drain timeout of {} ms ran out before the batch in flight \
+                             finished; it was abandoned and its transaction rolled back (its \
+                             files load at the next start)",
+                            settings.drain_timeout.as_millis()
+                        ))
                     }
                 }
             }

@@ -321,6 +321,7 @@ async fn load_file(
                 tx,
                 &identity,
                 &candidate.name,
+                candidate.modified,
                 &settings.instance_id,
                 &reason,
                 &message,

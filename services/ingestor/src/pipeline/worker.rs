@@ -358,6 +358,7 @@ async fn quarantine(
             &tx,
             &opened.identity,
             &candidate.name,
+            candidate.modified,
             &settings.instance_id,
             "database_rejected",
             &message,

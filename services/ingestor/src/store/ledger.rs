@@ -106,7 +106,9 @@ pub async fn finish_loaded(
 }
 
 /// Records a file that cannot be loaded as a whole. Inserts the ledger row if the claim was
-/// rolled back (error budget), updates it otherwise.
+/// rolled back (error budget), updates it otherwise. `landed_at` is stored as for a loaded
+/// file, so a failed file's landing-to-failure latency and age can be read from the ledger too;
+/// an entry that already has one keeps it (the claim's).
 ///
 /// # Errors
 /// On a database error.
@@ -114,6 +116,7 @@ pub async fn record_failed(
     tx: &Transaction<'_>,
     identity: &FileIdentity,
     name: &str,
+    landed_at: std::time::SystemTime,
     instance: &str,
     reason: &str,
     message: &str,
@@ -122,10 +125,11 @@ pub async fn record_failed(
     let row = tx
         .query_one(
             "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by, \
-             failure_reason, failure_message, committed_at) \
-             VALUES ($1, $2, $3, 'failed', $4, $5, $6, clock_timestamp()) \
+             failure_reason, failure_message, landed_at, committed_at) \
+             VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7, clock_timestamp()) \
              ON CONFLICT ON CONSTRAINT ingest_files_content_key DO UPDATE SET status = 'failed', \
              failure_reason = EXCLUDED.failure_reason, failure_message = EXCLUDED.failure_message, \
+             landed_at = COALESCE(ingest_files.landed_at, EXCLUDED.landed_at), \
              committed_at = EXCLUDED.committed_at RETURNING file_id",
             &[
                 &name,
@@ -134,6 +138,7 @@ pub async fn record_failed(
                 &instance,
                 &reason,
                 &message,
+                &landed_at,
             ],
         )
         .await

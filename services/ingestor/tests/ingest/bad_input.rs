@@ -704,6 +704,83 @@ async fn one_stray_quote_in_200_rows_costs_one_row_and_199_load() {
 }
 
 #[tokio::test]
+async fn failed_ledger_entries_carry_when_the_file_landed() {
+    // Arrange: two files that fail as a whole, each by another path: one is unreadable (its
+    // claim turns into the failed entry), one is over the error budget (its claim is rolled
+    // back and the failed entry inserted anew). Each landed at a known time an hour ago.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path();
+    let ts = recent();
+    let mut over_budget = format!("{HEADER_LINE}\n");
+    for _ in 0..10 {
+        writeln!(over_budget, "{},42,7,purchase,-1,{ts}", Uuid::new_v4()).unwrap();
+    }
+    let landed = [
+        ("empty.csv", Vec::new(), 3_600),
+        ("over_budget.csv", over_budget.into_bytes(), 3_540),
+    ];
+    for (name, bytes, ago) in &landed {
+        let path = input.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let at = std::time::SystemTime::now() - Duration::from_secs(*ago);
+        let whole_seconds = std::time::UNIX_EPOCH
+            + Duration::from_secs(at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(whole_seconds)
+            .unwrap();
+    }
+    let mtimes: Vec<std::time::SystemTime> = landed
+        .iter()
+        .map(|(name, _, _)| {
+            std::fs::metadata(input.join(name))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    // Act
+    let ingestor = Ingestor::spawn(
+        &ingestor_url(&db),
+        input,
+        &[("INGESTOR_MAX_REJECT_RATIO", "0.1")],
+    );
+    let names = ["empty.csv", "over_budget.csv"];
+    wait_for_files(&db, &ingestor, input, &names, Duration::from_secs(60)).await;
+    // Assert
+    let client = db.client().await;
+    for ((name, _, _), mtime) in landed.iter().zip(mtimes) {
+        let row = client
+            .query_one(
+                "SELECT status, failure_reason, landed_at FROM ingest_files WHERE file_name = $1",
+                &[name],
+            )
+            .await
+            .unwrap();
+        let (status, reason, landed_at): (String, String, Option<std::time::SystemTime>) =
+            (row.get(0), row.get(1), row.get(2));
+        assert_eq!(status, "failed", "{name}");
+        assert_eq!(
+            reason,
+            if *name == "empty.csv" {
+                "empty_file"
+            } else {
+                "error_budget_exceeded"
+            }
+        );
+        assert_eq!(
+            landed_at,
+            Some(mtime),
+            "{name}: landed_at is its modification time"
+        );
+    }
+    assert_eq!(ingestor.get("/readyz").0, 200);
+}
+
+#[tokio::test]
 async fn error_budget_fails_a_file_with_too_many_rejections() {
     // Arrange
     let db = TestDatabase::create().await;

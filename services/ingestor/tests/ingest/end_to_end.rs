@@ -118,6 +118,98 @@ async fn ledger_entries_past_retention_are_pruned_with_their_rejections() {
     drop(ingestor);
 }
 
+#[tokio::test]
+async fn a_batch_abandoned_at_the_drain_timeout_exits_non_zero_and_loads_at_the_next_start() {
+    // Arrange: another session holds `events` locked, and the loader waits for locks longer than
+    // the test runs, so its batch cannot finish within the 500 ms drain timeout.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ingestor = Ingestor::spawn(
+        &ingestor_url(&db),
+        dir.path(),
+        &[
+            ("INGESTOR_CONFLICT_WAIT_MS", "600000"),
+            ("INGESTOR_DRAIN_TIMEOUT_MS", "500"),
+        ],
+    );
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    generate(dir.path(), 1, 200, 23, Faults::default());
+    let expected = expected(&event_files(dir.path()));
+    wait_until_a_session_waits_for_a_lock(&db).await;
+    // Act
+    signal(ingestor.pid(), "TERM");
+    let exit = ingestor
+        .wait_for_exit(Duration::from_secs(30))
+        .expect("the ingestor exits once the drain timeout runs out");
+    // Assert
+    assert_eq!(
+        exit.code(),
+        Some(1),
+        "an abandoned batch is not a clean stop"
+    );
+    let logs = ingestor.log_lines();
+    assert!(
+        logs.iter().any(|l| l.contains("Drain timeout reached"))
+            && logs
+                .iter()
+                .any(|l| l.contains("the drain timeout of 500 ms ran out")),
+        "the log says the batch was abandoned:\n{}",
+        logs.join("\n")
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let client = db.client().await;
+    let (events, ledger): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM ingest_files)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (events, ledger),
+        (0, 0),
+        "the abandoned batch was rolled back"
+    );
+    // The next start loads the file exactly and a stop with nothing in flight exits 0.
+    let again = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    wait_for_ledger(&db, dir.path(), 1, Duration::from_secs(60)).await;
+    assert_exact(&db, &expected).await;
+    let exit = again.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// Waits until a session of the test database waits for a lock (the loader, behind the test's).
+async fn wait_until_a_session_waits_for_a_lock(db: &TestDatabase) {
+    let client = db.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loader never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[test]
 fn a_missing_input_directory_stops_start_up_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
