@@ -34,6 +34,8 @@ pub const FILE_OUTCOMES: [&str; 3] = ["loaded", "failed", "already_loaded"];
 pub const ROW_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 /// Fault label values of `ingestor_move_faults_total`: what a move after COMMIT found missing.
 pub const MOVE_FAULTS: [&str; 2] = ["directory_missing", "vanished"];
+/// Kind label values of `ingestor_files_refused_total`: what a name held when it was opened.
+pub const REFUSALS: [&str; 2] = ["symlink", "not_regular_file"];
 
 /// The ingestor's metrics, registered in a registry the service owns.
 #[derive(Clone)]
@@ -42,6 +44,7 @@ pub struct Metrics {
     files: IntCounterVec,
     files_changed: IntCounterVec,
     move_faults: IntCounterVec,
+    files_refused: IntCounterVec,
     future_mtimes: IntCounter,
     rows: IntCounterVec,
     rows_rejected: IntCounterVec,
@@ -98,6 +101,13 @@ impl Metrics {
                 "Moves after COMMIT that found something missing: the archive or failed directory (recreated, then the move went ahead), or the file's name (gone before it could be moved).",
                 "fault",
                 &MOVE_FAULTS,
+            )?,
+            files_refused: counter_vec(
+                &registry,
+                "ingestor_files_refused_total",
+                "Names that held a symbolic link or something other than a regular file (a FIFO, a device) when they were opened for loading; nothing was read from them.",
+                "kind",
+                &REFUSALS,
             )?,
             future_mtimes: register(
                 &registry,
@@ -423,6 +433,32 @@ impl FileVanished<'_> {
             "File was gone when it was time to move it (another replica moved it, or it or its directory was removed)"
         );
         m.move_faults.with_label_values(&["vanished"]).inc();
+    }
+}
+
+/// A name the scan listed as a regular file held a symbolic link or something else (a FIFO, a
+/// device) when it was opened for loading: it was refused without reading a byte, so a link to
+/// a file outside the directory is never stored and a FIFO or `/dev/zero` cannot hold a loader.
+/// The name is left as it is; the scan does not list it again while it holds no regular file.
+pub struct FileRefused<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// One of [`REFUSALS`].
+    pub kind: &'static str,
+    /// What opening it reported.
+    pub message: &'a str,
+}
+
+impl FileRefused<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            file = self.name,
+            kind = self.kind,
+            reason = self.message,
+            "File refused: its name no longer holds a regular file (a symbolic link, a FIFO or a device); nothing of it was read"
+        );
+        m.files_refused.with_label_values(&[self.kind]).inc();
     }
 }
 

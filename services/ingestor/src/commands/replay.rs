@@ -123,6 +123,11 @@ fn report(
             Ok(false)
         }
         FileOutcome::Vanished => anyhow::bail!("{} disappeared", candidate.path.display()),
+        FileOutcome::Refused { message, .. } => anyhow::bail!(
+            "{} was not read: {message}; only a regular file is loaded, never through a \
+             symbolic link",
+            candidate.path.display()
+        ),
         FileOutcome::Retry(why) => anyhow::bail!(
             "{} could not be read consistently: {why}",
             candidate.path.display()

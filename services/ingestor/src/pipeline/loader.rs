@@ -59,6 +59,13 @@ pub enum FileOutcome {
     Busy,
     /// It disappeared before it could be read.
     Vanished,
+    /// Its name held a symbolic link or no regular file when it was opened; nothing was read.
+    Refused {
+        /// One of `internal_events::REFUSALS`.
+        kind: &'static str,
+        /// What opening it reported.
+        message: String,
+    },
     /// It changed or could not be read to the end; nothing of it was kept; try again later.
     Retry(String),
 }
@@ -177,7 +184,14 @@ pub async fn load_batch(
     for (candidate, current) in batch.iter().zip(opened) {
         let outcome = match current {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
-            Err(e) => FileOutcome::Retry(format!("cannot read: {e}")),
+            // Swapped after the scan for a link or a FIFO or device: never read through it.
+            Err(e) => match reader::refusal(&e) {
+                Some(kind) => FileOutcome::Refused {
+                    kind,
+                    message: e.to_string(),
+                },
+                None => FileOutcome::Retry(format!("cannot read: {e}")),
+            },
             Ok(file) => {
                 let known = KnownIds {
                     batch: &batch_ids,

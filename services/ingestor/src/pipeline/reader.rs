@@ -114,12 +114,37 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
     )?;
     let file = File::from(fd);
     if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, NotRegularFile));
     }
     Ok(file)
+}
+
+/// The error payload of [`open_regular`] for a name that holds no regular file.
+#[derive(Debug)]
+struct NotRegularFile;
+
+impl std::fmt::Display for NotRegularFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a regular file (a FIFO, a socket, a device or a directory)")
+    }
+}
+
+impl std::error::Error for NotRegularFile {}
+
+/// Why [`open_regular`] refused a name, as one of `internal_events::REFUSALS`: `symlink` (the
+/// name is a symbolic link, refused by `O_NOFOLLOW` with `ELOOP`) or `not_regular_file`;
+/// `None` for any other error (the name vanished, a permission, an I/O error).
+pub fn refusal(error: &io::Error) -> Option<&'static str> {
+    if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        Some("symlink")
+    } else if error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<NotRegularFile>())
+    {
+        Some("not_regular_file")
+    } else {
+        None
+    }
 }
 
 /// Reads a file once to learn its identity.

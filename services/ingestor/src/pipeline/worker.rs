@@ -22,7 +22,8 @@ use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
     BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
-    FileLoaded, FileMovedAs, FileVanished, FutureModificationTimeSeen, LoadingBlocked, Metrics,
+    FileLoaded, FileMovedAs, FileRefused, FileVanished, FutureModificationTimeSeen, LoadingBlocked,
+    Metrics,
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
@@ -443,6 +444,15 @@ fn finish(
             Some((file_id, moved))
         }
         FileOutcome::Busy | FileOutcome::Vanished => None,
+        FileOutcome::Refused { kind, message } => {
+            FileRefused {
+                name: &candidate.name,
+                kind,
+                message: &message,
+            }
+            .emit(metrics);
+            None
+        }
         FileOutcome::Retry(why) => {
             tracing::warn!(file = %candidate.name, reason = %why, "File not loaded this time; will retry");
             None

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -701,6 +702,187 @@ async fn one_stray_quote_in_200_rows_costs_one_row_and_199_load() {
     assert_eq!(ingestor.get("/readyz").0, 200);
     let exit = ingestor.terminate(Duration::from_secs(15));
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loading_goes_on() {
+    // Arrange: four valid files, ready at start. An old ledger entry makes retention pruning due
+    // at the first scan, and the test holds that entry's row: the loader waits between its scan
+    // (which listed the four names as regular files) and opening them, and meanwhile three of
+    // the names are swapped: for a FIFO, for a symbolic link to a file outside the directory,
+    // and for a symbolic link to /dev/zero.
+    let db = TestDatabase::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("incoming");
+    std::fs::create_dir(&input).unwrap();
+    let landed = std::time::SystemTime::now() - Duration::from_secs(600);
+    let names = ["a.csv", "fifo.csv", "outside.csv", "zero.csv"];
+    for name in names {
+        let mut bytes = format!("{HEADER_LINE}\n");
+        for _ in 0..20 {
+            writeln!(bytes, "{}", valid_row().1).unwrap();
+        }
+        std::fs::write(input.join(name), bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(input.join(name))
+            .unwrap()
+            .set_modified(landed)
+            .unwrap();
+    }
+    // The outside file: valid rows and a line that would be rejected, all of them secret.
+    let outside = root.path().join("secret.csv");
+    let secret_ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let mut secret = format!("{HEADER_LINE}\n");
+    for id in &secret_ids {
+        writeln!(secret, "{id},42,7,purchase,19.99,{}", recent()).unwrap();
+    }
+    secret.push_str("top-secret-line,not,a,valid,row\n");
+    std::fs::write(&outside, &secret).unwrap();
+    let expected = expected(&[input.join("a.csv")]);
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, committed_at) \
+             VALUES ('old.csv', 1, '\\x01', 'loaded', now() - interval '40 days')",
+        )
+        .await
+        .unwrap();
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM ingest_files WHERE file_name = 'old.csv' FOR UPDATE")
+        .await
+        .unwrap();
+    let ingestor = Ingestor::spawn(
+        &ingestor_url(&db),
+        &input,
+        // One loader loop: the one that prunes, so no other loop opens the files meanwhile.
+        &[
+            ("INGESTOR_LEDGER_RETENTION_DAYS", "30"),
+            ("INGESTOR_LOADERS", "1"),
+        ],
+    );
+    wait_until_a_session_waits_for_a_lock(&client).await;
+
+    // Act: swap the names, then let the loader go on.
+    for name in ["fifo.csv", "outside.csv", "zero.csv"] {
+        std::fs::remove_file(input.join(name)).unwrap();
+    }
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(input.join("fifo.csv"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success(), "mkfifo failed");
+    std::os::unix::fs::symlink(&outside, input.join("outside.csv")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", input.join("zero.csv")).unwrap();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !input.join("processed/a.csv").exists() || refusals(&ingestor).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "a.csv not loaded or not every swapped name refused:\n{}",
+            ingestor.log_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Assert: the other file loaded exactly; nothing of the outside file is stored anywhere.
+    assert_exact(&db, &expected).await;
+    let (secret_events, secret_rejections): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM events WHERE event_id = ANY($1)), \
+                 (SELECT count(*) FROM rejected_rows WHERE raw_line LIKE '%top-secret%' \
+                  OR raw_line LIKE ANY (SELECT '%' || id::text || '%' FROM unnest($1::uuid[]) id))",
+                &[&secret_ids],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (secret_events, secret_rejections),
+        (0, 0),
+        "the outside file's lines stored"
+    );
+    let ledger: Vec<String> = client
+        .query("SELECT file_name FROM ingest_files ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ledger, ["a.csv"], "no ledger entry for a refused name");
+    // The operator signal names each refused file and what it held.
+    let mut refused = refusals(&ingestor);
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            ("fifo.csv".to_owned(), "not_regular_file".to_owned()),
+            ("outside.csv".to_owned(), "symlink".to_owned()),
+            ("zero.csv".to_owned(), "symlink".to_owned()),
+        ]
+    );
+    let (_, metrics) = ingestor.get("/metrics");
+    for line in [
+        "ingestor_files_refused_total{kind=\"not_regular_file\"} 1",
+        "ingestor_files_refused_total{kind=\"symlink\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing");
+    }
+    // The names are left as they were, the outside file untouched; the loader is not hung.
+    assert!(std::fs::symlink_metadata(input.join("fifo.csv"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(std::fs::symlink_metadata(input.join("zero.csv"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), secret);
+    assert_eq!(ingestor.get("/readyz").0, 200);
+    let exit = ingestor.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// The (file, kind) of every "File refused" log line.
+fn refusals(ingestor: &Ingestor) -> Vec<(String, String)> {
+    ingestor
+        .log_lines()
+        .iter()
+        .filter(|line| line.contains("File refused"))
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                event["file"].as_str().unwrap_or_default().to_owned(),
+                event["kind"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until a session of the test database waits for a lock (the loader, behind the test's).
+async fn wait_until_a_session_waits_for_a_lock(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the loader never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
