@@ -63,6 +63,7 @@ pub struct Metrics {
     ready: IntGauge,
     pool_connections: IntGauge,
     pool_idle_connections: IntGauge,
+    http: HttpMetrics,
 }
 
 impl Metrics {
@@ -232,6 +233,7 @@ impl Metrics {
                     "Idle connections in the database pool, at scrape time.",
                 )?,
             )?,
+            http: HttpMetrics::new(&registry)?,
             registry,
         })
     }
@@ -621,5 +623,125 @@ impl PoolObserved {
             .discarded_connections
             .saturating_sub(m.connections_discarded.get());
         m.connections_discarded.inc_by(behind);
+    }
+}
+
+/// Timeout label values of `ingestor_http_connections_timed_out_total`: a request head that did
+/// not arrive in time (also an idle keep-alive connection), or a connection on which nothing
+/// moved.
+pub const HTTP_TIMEOUTS: [&str; 2] = ["header", "idle"];
+
+/// The HTTP listener's own counters (see `crate::http`).
+#[derive(Clone)]
+struct HttpMetrics {
+    refused: IntCounter,
+    timed_out: IntCounterVec,
+    abandoned: IntCounter,
+    accept_errors: IntCounter,
+}
+
+impl HttpMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(HttpMetrics {
+            refused: register(
+                registry,
+                IntCounter::new(
+                    "ingestor_http_connections_refused_total",
+                    "HTTP connections answered 503 and closed at once because the connection limit was reached.",
+                )?,
+            )?,
+            timed_out: counter_vec(
+                registry,
+                "ingestor_http_connections_timed_out_total",
+                "HTTP connections closed by a timeout: no complete request head in time (also an idle keep-alive connection), or no byte moved either way.",
+                "timeout",
+                &HTTP_TIMEOUTS,
+            )?,
+            abandoned: register(
+                registry,
+                IntCounter::new(
+                    "ingestor_http_connections_abandoned_total",
+                    "HTTP connections still open when the drain timeout ran out at shutdown, closed without an answer.",
+                )?,
+            )?,
+            accept_errors: register(
+                registry,
+                IntCounter::new(
+                    "ingestor_http_accept_errors_total",
+                    "Failures to accept an HTTP connection other than the connection's own (descriptors or memory exhausted).",
+                )?,
+            )?,
+        })
+    }
+}
+
+/// An HTTP connection beyond the limit was answered 503 and closed. Logged at debug only: a
+/// flood of them would otherwise flood the log; the counter shows it.
+pub struct HttpConnectionRefused {
+    /// The connection limit in force.
+    pub limit: usize,
+}
+
+impl HttpConnectionRefused {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::debug!(
+            limit = self.limit,
+            "HTTP connection refused; the connection limit is reached"
+        );
+        m.http.refused.inc();
+    }
+}
+
+/// An HTTP connection was closed by one of its timeouts (label from [`HTTP_TIMEOUTS`]).
+pub struct HttpConnectionTimedOut {
+    /// Which timeout: `header` or `idle`.
+    pub timeout: &'static str,
+}
+
+impl HttpConnectionTimedOut {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::debug!(
+            timeout = self.timeout,
+            "HTTP connection closed by a timeout"
+        );
+        m.http.timed_out.with_label_values(&[self.timeout]).inc();
+    }
+}
+
+/// At shutdown, HTTP connections were still open when the drain timeout ran out; they are
+/// closed without an answer so that the process exits on time.
+pub struct HttpConnectionsAbandoned {
+    /// How many.
+    pub connections: usize,
+    /// The drain timeout that ran out.
+    pub drain: Duration,
+}
+
+impl HttpConnectionsAbandoned {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            connections = self.connections,
+            drain_timeout_ms = self.drain.as_millis() as u64,
+            "Drain timeout reached; closing HTTP connections still open"
+        );
+        m.http.abandoned.inc_by(self.connections as u64);
+    }
+}
+
+/// Accepting an HTTP connection failed for a reason other than the connection's own (no free
+/// descriptor, no memory); the listener pauses briefly and tries again.
+pub struct HttpAcceptFailed<'a> {
+    /// The error.
+    pub error: &'a std::io::Error,
+}
+
+impl HttpAcceptFailed<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(error.message = %self.error, "Cannot accept an HTTP connection; retrying shortly");
+        m.http.accept_errors.inc();
     }
 }

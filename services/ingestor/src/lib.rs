@@ -13,11 +13,14 @@
 //! - [`lifecycle`]: archiving, deleting or failing files after commit.
 //! - [`internal_events`]: every log line and metric the service emits (where a row is counted).
 //! - [`routes`]: `/metrics`, `/healthz`, `/livez`, `/readyz`, `/status`.
+//! - [`http`]: the HTTP listener, bounded (connection limit, header and idle timeouts, a
+//!   shutdown within the drain timeout) so that no client can starve the loader.
 //! - [`startup`]: wiring and graceful shutdown; [`commands`]: the operator commands.
 
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod http;
 pub mod internal_events;
 pub mod lifecycle;
 pub mod pipeline;

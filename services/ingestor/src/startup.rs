@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::http;
 use crate::internal_events::Metrics;
 use crate::lifecycle;
 use crate::pipeline::worker::{self, Blocker, WorkerState};
-use crate::routes::{router, AppState};
+use crate::routes::{router, AppState, StatusSnapshot};
 use crate::source::Discovery;
 use crate::store::{build_pool, Pool};
 
@@ -86,6 +87,7 @@ impl Application {
             loader_alive: loader_alive.clone(),
             settings: settings.clone(),
             blocker: blocker.clone(),
+            status: StatusSnapshot::new(settings.clone()),
         };
         let worker_state = WorkerState {
             metrics,
@@ -100,12 +102,17 @@ impl Application {
                 result
             }
         });
+        // Bounded whatever clients do (see `http`): it returns within the drain timeout of
+        // the cancellation, so it never holds up the exit.
         let server = tracker.spawn({
-            let cancel = cancel.clone();
+            let (cancel, drain, metrics) = (
+                cancel.clone(),
+                settings.drain_timeout,
+                state.metrics.clone(),
+            );
             async move {
-                axum::serve(listener, router(state))
-                    .with_graceful_shutdown(async move { cancel.cancelled().await })
-                    .await
+                http::serve(listener, router(state), cancel, drain, metrics).await;
+                anyhow::Ok(())
             }
         });
         tracker.close();

@@ -75,10 +75,27 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
 /// # Errors
 /// When the directory or the database cannot be read.
 pub async fn collect(settings: &Settings) -> anyhow::Result<Status> {
-    let scan = Discovery::start(&settings.input_dir, settings.settle)?
+    let discovery = Discovery::unwatched(&settings.input_dir, settings.settle)?;
+    let client = connect_once(settings, STATUS_APPLICATION_NAME).await?;
+    collect_with(settings, &discovery, &client).await
+}
+
+/// `application_name` of the status connection (the command's, and the one `/status` keeps).
+pub const STATUS_APPLICATION_NAME: &str = "ingestor-status";
+
+/// Gathers the status from a listing of the input directory and an open connection (`/status`
+/// keeps both between requests).
+///
+/// # Errors
+/// When the directory or the ledger cannot be read.
+pub async fn collect_with(
+    settings: &Settings,
+    discovery: &Discovery,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Status> {
+    let scan = discovery
         .scan()
         .with_context(|| format!("cannot list {}", settings.input_dir.display()))?;
-    let client = connect_once(settings, "ingestor-status").await?;
     let totals = client
         .query_one(
             "SELECT count(*) FILTER (WHERE status = 'loaded'), count(*) FILTER (WHERE status = 'failed'), \

@@ -5,6 +5,8 @@ mod health;
 mod metrics;
 mod status;
 
+pub use status::{StatusSnapshot, REFRESH_INTERVAL};
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -29,6 +31,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Why loading is blocked by an error no retry fixes, if it is (`/readyz` reports it).
     pub blocker: Blocker,
+    /// The `/status` report, gathered at most once a second over at most one connection.
+    pub status: StatusSnapshot,
 }
 
 /// The router: `/metrics`, `/healthz` and `/livez` (liveness), `/readyz` (readiness),

@@ -68,6 +68,20 @@ impl Discovery {
     /// When `dir` does not exist, is not a directory or cannot be listed: a start-up error,
     /// because a wrong path would otherwise look like an idle service.
     pub fn start(dir: &Path, settle: Duration) -> anyhow::Result<Self> {
+        Self::open(dir, settle, true)
+    }
+
+    /// Lists `dir` without watching it, for readers of the backlog (`/status`, `ingestor
+    /// status`): an inotify instance is a scarce per-user resource (128 by default), and only
+    /// the loader needs to be woken.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn unwatched(dir: &Path, settle: Duration) -> anyhow::Result<Self> {
+        Self::open(dir, settle, false)
+    }
+
+    fn open(dir: &Path, settle: Duration, watched: bool) -> anyhow::Result<Self> {
         let metadata = std::fs::metadata(dir)
             .with_context(|| format!("input directory {} is not accessible", dir.display()))?;
         anyhow::ensure!(
@@ -80,12 +94,13 @@ impl Discovery {
         let announced = Announced::default();
         let wake = Arc::new(watch::Sender::new(0));
         let watching = Arc::new(AtomicBool::new(false));
-        let watcher = match watch(dir, announced.clone(), wake.clone()) {
-            Ok(watcher) => {
+        let watcher = match watched.then(|| watch(dir, announced.clone(), wake.clone())) {
+            None => None,
+            Some(Ok(watcher)) => {
                 watching.store(true, Ordering::Relaxed);
                 Some(watcher)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, dir = %dir.display(), "No inotify on the input directory; relying on periodic rescans");
                 None
             }

@@ -14,6 +14,7 @@ mod directory_faults;
 mod end_to_end;
 mod endpoints;
 mod file_changes;
+mod http_limits;
 mod operator_commands;
 mod replicas;
 mod report;
