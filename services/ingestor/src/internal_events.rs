@@ -745,3 +745,44 @@ impl HttpAcceptFailed<'_> {
         m.http.accept_errors.inc();
     }
 }
+
+/// The input directory was claimed for this ingestor's database (see `crate::claim`): its
+/// marker was written, or found naming this database.
+pub struct DirectoryClaimed<'a> {
+    /// The input directory.
+    pub dir: &'a std::path::Path,
+    /// This ingestor's database.
+    pub identity: &'a crate::claim::DatabaseIdentity,
+    /// Written or confirmed.
+    pub claim: crate::claim::Claim,
+}
+
+impl DirectoryClaimed<'_> {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::info!(
+            dir = %self.dir.display(),
+            database = %self.identity.database,
+            system_identifier = self.identity.system_identifier,
+            marker = self.claim.code(),
+            "Input directory claimed for this database; loading starts"
+        );
+    }
+}
+
+/// The database could not be asked for its identity before loading starts (it is down, or
+/// refuses the connection): nothing is loaded until it answers, since the input directory may
+/// belong to another database.
+pub struct DatabaseIdentityUnavailable<'a> {
+    /// The error with its cause chain.
+    pub error: &'a anyhow::Error,
+    /// Delay before the next attempt.
+    pub retry_in: Duration,
+}
+
+impl DatabaseIdentityUnavailable<'_> {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::warn!(error.message = %format!("{:#}", self.error), retry_in_ms = self.retry_in.as_millis() as u64, "Database unavailable; loading starts once it answers");
+    }
+}

@@ -10,6 +10,8 @@
 //!   the event contract), [`pipeline::loader`] writes a batch in one transaction,
 //!   [`pipeline::worker`] is the loop with batching, retries and shutdown.
 //! - [`store`]: the PostgreSQL side: pool, ledger (claims), binary COPY (where a row is written).
+//! - [`claim`]: one directory, one database: the marker naming the database an input
+//!   directory is loaded into, checked before loading starts.
 //! - [`lifecycle`]: archiving, deleting or failing files after commit.
 //! - [`internal_events`]: every log line and metric the service emits (where a row is counted).
 //! - [`routes`]: `/metrics`, `/healthz`, `/livez`, `/readyz`, `/status`.
@@ -17,6 +19,7 @@
 //!   shutdown within the drain timeout) so that no client can starve the loader.
 //! - [`startup`]: wiring and graceful shutdown; [`commands`]: the operator commands.
 
+pub mod claim;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::claim;
 use crate::config::Settings;
 use crate::http;
 use crate::internal_events::Metrics;
@@ -90,14 +91,21 @@ impl Application {
             status: StatusSnapshot::new(settings.clone()),
         };
         let worker_state = WorkerState {
-            metrics,
+            metrics: metrics.clone(),
             database_ok: Arc::new(AtomicBool::new(false)),
             blocker,
         };
         let mut loader = tracker.spawn({
             let (settings, cancel) = (settings.clone(), cancel.clone());
             async move {
-                let result = worker::run(settings, pool, discovery, worker_state, cancel).await;
+                // One directory, one database: nothing is loaded before the input directory is
+                // claimed for this database (`claim`); a directory of another database ends the
+                // loader with the reason, and so the process.
+                let result = async {
+                    claim::claim_directory(&settings, &pool, &metrics, &cancel).await?;
+                    worker::run(settings, pool, discovery, worker_state, cancel).await
+                }
+                .await;
                 loader_alive.store(false, Ordering::Relaxed);
                 result
             }

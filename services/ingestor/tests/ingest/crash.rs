@@ -302,13 +302,15 @@ fn seed() -> u64 {
     seed
 }
 
-/// Entries of the input directory other than its archive and failed subdirectories (temp
-/// files, half-moved files, anything else).
+/// Entries of the input directory other than its archive and failed subdirectories and the
+/// database marker (temp files, half-moved files, anything else).
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name != "processed" && name != "failed")
+        .filter(|name| {
+            name != "processed" && name != "failed" && name != ingestor::claim::MARKER_NAME
+        })
         .collect()
 }
 

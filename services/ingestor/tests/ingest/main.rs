@@ -10,6 +10,7 @@ mod crash;
 mod dashboards;
 mod database_faults;
 mod database_refusals;
+mod directory_claim;
 mod directory_faults;
 mod end_to_end;
 mod endpoints;
