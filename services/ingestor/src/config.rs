@@ -251,7 +251,7 @@ pub fn load(args: &GlobalArgs) -> Result<Settings, ConfigError> {
                 .only(&["DATABASE_URL"])
                 .map(|_| "database_url".into()),
         )
-        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]))
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config", "backtrace"]))
         .merge(Serialized::defaults(args))
         .extract::<RawSettings>()
         .map_err(|e| ConfigError::Layering(Box::new(e)))?

@@ -541,7 +541,9 @@ pub struct DatabaseFailed<'a> {
 impl DatabaseFailed<'_> {
     /// Logs and counts.
     pub fn emit(&self, m: &Metrics) {
-        tracing::warn!(error.message = %self.error, error.cause_chain = ?self.error, retry_in_ms = self.retry_in.as_millis() as u64, "Database error; transaction rolled back, will retry");
+        // The message carries the whole chain: the outermost context alone ("no database
+        // connection available") would hide the cause (a wrong password, too many clients).
+        tracing::warn!(error.message = %format!("{:#}", self.error), error.cause_chain = ?self.error, retry_in_ms = self.retry_in.as_millis() as u64, "Database error; transaction rolled back, will retry");
         m.db_errors.inc();
         m.retries.inc();
     }

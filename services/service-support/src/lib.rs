@@ -3,7 +3,10 @@
 //! its own crate, and each service keeps its own settings.
 //!
 //! # Layout
-//! - [`LogFormat`] and [`init_logging`]: tracing set-up, text or JSON, level from `RUST_LOG`.
+//! - [`LogFormat`] and [`init_logging`]: tracing set-up, text or JSON, level from `RUST_LOG`,
+//!   colours only on a terminal.
+//! - [`configure_backtraces`] and [`end_quietly_on_closed_stdout`]: backtraces only when the
+//!   service's own setting asks, and no panic when a reader closes standard output early.
 //! - [`existing_file`]: the check that a configuration file named on the command line exists
 //!   (figment silently ignores a missing file, which would hide a typo).
 //! - [`ConfigError`]: why a configuration cannot be used, naming the key and the value.
@@ -13,7 +16,7 @@
 //!   subcommands container health checks run (the images have no curl).
 #![warn(missing_docs)]
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,14 +41,55 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colour codes only for a person at a terminal (and not with NO_COLOR set): in a
+    // redirected log or a log shipper they are noise around every field.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
     // `try_init` fails only if a subscriber is already set (e.g. twice in one test process).
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Makes backtraces follow the service's own setting (`enabled`) rather than `RUST_BACKTRACE`:
+/// exported for some other program, it would turn every logged error into dozens of lines of
+/// frames (anyhow captures one per error, and the cause chain prints it), e.g. 500 lines for
+/// 20 s of a wrong password. Sets `RUST_LIB_BACKTRACE` (errors) and `RUST_BACKTRACE` (panics).
+///
+/// Call first thing in `main`, before any other thread exists: it sets environment variables.
+pub fn configure_backtraces(enabled: bool) {
+    let value = if enabled { "1" } else { "0" };
+    std::env::set_var("RUST_LIB_BACKTRACE", value);
+    std::env::set_var("RUST_BACKTRACE", value);
+}
+
+/// Ends the process quietly (exit 0, nothing on standard error) when standard output is closed
+/// under it, as by `cmd | head -2`, instead of panicking with exit 101.
+///
+/// Why a panic hook: `println!` panics when the write fails, and Rust ignores SIGPIPE (the
+/// workspace forbids the `unsafe` that would restore it). The hook recognises that one panic,
+/// "failed printing to stdout" with a broken pipe, and passes every other panic on unchanged.
+/// For the commands that print for people, not for services.
+pub fn end_quietly_on_closed_stdout() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("os error 32") {
+            std::process::exit(0);
+        }
+        previous(info);
+    }));
 }
 
 /// `path` if it names an existing file.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::source::Discovery;
-use crate::store::connect_once;
+use crate::store::{connect_once, ConnectError};
 
 /// How many recent failures to show.
 const RECENT_FAILURES: i64 = 5;
@@ -53,12 +53,36 @@ pub struct Failure {
     pub at: String,
 }
 
-/// Prints the status as a table or JSON.
+/// What `status` prints when the database cannot be reached: what the input directory alone
+/// tells, and why the database did not answer.
+#[derive(Debug, Serialize)]
+pub struct Unreachable {
+    /// Files waiting in the input directory.
+    pub backlog_files: usize,
+    /// Bytes waiting.
+    pub backlog_bytes: u64,
+    /// Age of the oldest waiting file, seconds.
+    pub oldest_waiting_seconds: f64,
+    /// Why the database could not be reached, and the fix.
+    pub database_error: String,
+}
+
+/// Prints the status as a table or JSON; `false` when the database could not be reached, in
+/// which case the backlog is printed all the same, with the cause.
 ///
 /// # Errors
-/// When the directory or the database cannot be read.
-pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let status = collect(settings).await?;
+/// When the directory cannot be listed, or the database fails after connecting.
+pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<bool> {
+    let status = match collect(settings).await {
+        Ok(status) => status,
+        Err(e) => {
+            let Some(cause) = e.chain().find_map(|c| c.downcast_ref::<ConnectError>()) else {
+                return Err(e);
+            };
+            print_unreachable(&unreachable(settings, cause)?, json)?;
+            return Ok(false);
+        }
+    };
     if json {
         println!(
             "{}",
@@ -66,6 +90,40 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
         );
     } else {
         print_table(&status);
+    }
+    Ok(true)
+}
+
+/// The backlog from the input directory, with the database's connection error.
+fn unreachable(settings: &Settings, cause: &ConnectError) -> anyhow::Result<Unreachable> {
+    let scan = Discovery::unwatched(&settings.input_dir, settings.settle)?
+        .scan()
+        .with_context(|| format!("cannot list {}", settings.input_dir.display()))?;
+    let oldest = scan.waiting.first().map(|c| {
+        SystemTime::now()
+            .duration_since(c.modified)
+            .unwrap_or_default()
+    });
+    Ok(Unreachable {
+        backlog_files: scan.waiting.len(),
+        backlog_bytes: scan.waiting.iter().map(|c| c.size).sum(),
+        oldest_waiting_seconds: oldest.map_or(0.0, |d| d.as_secs_f64()),
+        database_error: cause.to_string(),
+    })
+}
+
+fn print_unreachable(s: &Unreachable, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(s).context("cannot encode status")?
+        );
+    } else {
+        println!(
+            "backlog        {} files, {} bytes, oldest {:.1} s",
+            s.backlog_files, s.backlog_bytes, s.oldest_waiting_seconds
+        );
+        println!("database       unreachable: {}", s.database_error);
     }
     Ok(())
 }

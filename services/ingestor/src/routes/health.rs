@@ -64,7 +64,15 @@ async fn check_database(state: &AppState) -> Result<(), String> {
         conn.settle();
         Ok(())
     };
+    // The pool keeps trying to connect for up to `connect_timeout_ms`, longer than readiness
+    // waits: a server that refuses (a wrong password, a missing database, too many clients,
+    // nothing listening) is named from the pool's latest failed attempt, not as a slow answer.
     tokio::time::timeout(READY_CHECK_TIMEOUT, check)
         .await
-        .unwrap_or_else(|_| Err("database did not answer in time".to_owned()))
+        .unwrap_or_else(|_| {
+            Err(state.pool.last_connect_failure().map_or_else(
+                || "database did not answer in time".to_owned(),
+                |cause| format!("database unavailable: cannot connect to the database: {cause}"),
+            ))
+        })
 }

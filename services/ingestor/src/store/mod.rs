@@ -7,4 +7,6 @@ pub mod ledger;
 pub mod pool;
 pub mod recent_ids;
 
-pub use pool::{build_pool, classify, connect_once, Failure, Pool};
+pub use pool::{
+    build_pool, classify, connect_once, explain, ConnectError, Failure, Pool, PoolError,
+};

@@ -3,7 +3,8 @@
 //! decides what a database error means for the loader ([`classify`]).
 
 use std::ops::{Deref, DerefMut};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
@@ -12,13 +13,105 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::config::Settings;
 
-/// The pool type used throughout the service.
-pub type Pool = bb8::Pool<Manager>;
+/// The pool used throughout the service: bb8's, plus the last reason a connection could not be
+/// opened.
+///
+/// Why the wrapper: bb8 opens connections in background tasks and retries them until the
+/// checkout times out, so a failed checkout only says "Timed out in bb8", whatever the server
+/// answered (a wrong password, a missing database, too many clients, nothing listening). The
+/// manager records each failed attempt, and [`Pool::get`] names it instead. Everything else
+/// (`state`, ...) is bb8's, through `Deref`.
+#[derive(Clone)]
+pub struct Pool {
+    inner: bb8::Pool<Manager>,
+    failures: ConnectFailures,
+}
+
+impl Deref for Pool {
+    type Target = bb8::Pool<Manager>;
+
+    fn deref(&self) -> &bb8::Pool<Manager> {
+        &self.inner
+    }
+}
+
+/// A pooled connection.
+pub type PooledConnection<'a> = bb8::PooledConnection<'a, Manager>;
+
+/// Why no pooled connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Opening a connection failed: the cause and its fix ([`explain`]).
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    /// Every connection stayed busy until the checkout timed out.
+    #[error(
+        "no pooled database connection became free within connect_timeout_ms (the server \
+         accepts connections, but all of the pool's are busy)"
+    )]
+    Busy,
+}
+
+impl Pool {
+    /// A connection from the pool, within `connect_timeout_ms`.
+    ///
+    /// # Errors
+    /// [`PoolError::Connect`] naming what the server (or the network) answered to the latest
+    /// attempt to connect, or [`PoolError::Busy`].
+    pub async fn get(&self) -> Result<PooledConnection<'_>, PoolError> {
+        match self.inner.get().await {
+            Ok(conn) => Ok(conn),
+            Err(bb8::RunError::User(e)) => Err(PoolError::Connect(explain(&e))),
+            Err(bb8::RunError::TimedOut) => Err(self
+                .last_connect_failure()
+                .map_or(PoolError::Busy, PoolError::Connect)),
+        }
+    }
+
+    /// What went wrong at the latest attempt to open a connection, if it failed recently and
+    /// no attempt succeeded since.
+    pub fn last_connect_failure(&self) -> Option<String> {
+        self.failures.recent()
+    }
+}
+
+/// The latest failed connection attempt, shared by the manager (which records it) and the pool
+/// (which reports it). A std mutex: held only to copy a string, never across an await.
+#[derive(Clone, Default, Debug)]
+struct ConnectFailures(Arc<Mutex<Option<(Instant, String)>>>);
+
+/// A failure older than this no longer explains a checkout that timed out: the server may have
+/// come back and the connections be merely busy. bb8 retries a failing connection every few
+/// seconds at most, so a server that still refuses has a fresher failure on record.
+const FAILURE_RELEVANCE: Duration = Duration::from_secs(60);
+
+impl ConnectFailures {
+    fn record(&self, explanation: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), explanation));
+    }
+
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn recent(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FAILURE_RELEVANCE)
+            .map(|(_, explanation)| explanation.clone())
+    }
+}
 
 /// bb8-postgres's connection manager, with connections that can be marked in doubt: a connection
-/// dropped while in doubt is closed by the pool instead of being handed to the next user.
+/// dropped while in doubt is closed by the pool instead of being handed to the next user. It
+/// also records why the latest connection attempt failed (see [`Pool`]).
 #[derive(Debug)]
-pub struct Manager(PostgresConnectionManager<NoTls>);
+pub struct Manager {
+    inner: PostgresConnectionManager<NoTls>,
+    failures: ConnectFailures,
+}
 
 /// A pooled PostgreSQL session: the client, and whether its protocol state is in doubt.
 ///
@@ -69,15 +162,23 @@ impl ManageConnection for Manager {
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
-        let client = self.0.connect().await?;
-        Ok(Connection {
-            client,
-            in_doubt: false,
-        })
+        match self.inner.connect().await {
+            Ok(client) => {
+                self.failures.clear();
+                Ok(Connection {
+                    client,
+                    in_doubt: false,
+                })
+            }
+            Err(e) => {
+                self.failures.record(explain(&e));
+                Err(e)
+            }
+        }
     }
 
     async fn is_valid(&self, conn: &mut Connection) -> Result<(), tokio_postgres::Error> {
-        self.0.is_valid(&mut conn.client).await
+        self.inner.is_valid(&mut conn.client).await
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
@@ -114,11 +215,12 @@ pub fn session_config(settings: &Settings) -> tokio_postgres::Config {
 /// Builds the pool without connecting: the service starts (and reports not-ready) while the
 /// database is down, and connects as soon as it is back.
 pub fn build_pool(settings: &Settings) -> Pool {
-    let manager = Manager(PostgresConnectionManager::new(
-        session_config(settings),
-        NoTls,
-    ));
-    bb8::Pool::builder()
+    let failures = ConnectFailures::default();
+    let manager = Manager {
+        inner: PostgresConnectionManager::new(session_config(settings), NoTls),
+        failures: failures.clone(),
+    };
+    let inner = bb8::Pool::builder()
         .max_size(settings.pool_size)
         .min_idle(Some(0))
         .connection_timeout(settings.connect_timeout)
@@ -126,7 +228,8 @@ pub fn build_pool(settings: &Settings) -> Pool {
         // because `is_closed()` is true), as are those left in doubt (see `Connection`);
         // checking on every checkout would add a round trip.
         .test_on_check_out(false)
-        .build_unchecked(manager)
+        .build_unchecked(manager);
+    Pool { inner, failures }
 }
 
 /// What a failed loading transaction means for the loader.
@@ -207,25 +310,144 @@ fn sqlstates(error: &anyhow::Error) -> impl Iterator<Item = &SqlState> {
     })
 }
 
+/// A connection could not be opened: where to, what went wrong and what fixes it.
+///
+/// Its message is [`explain`]'s, which already carries PostgreSQL's own words; the underlying
+/// error is kept for code that needs the SQLSTATE, but not offered as a `source`, so that
+/// printing the chain does not repeat the message.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {target}: {explanation}")]
+pub struct ConnectError {
+    /// The connection string, password masked.
+    pub target: String,
+    /// The cause and its fix.
+    pub explanation: String,
+    /// What tokio-postgres returned.
+    pub error: tokio_postgres::Error,
+}
+
 /// One direct connection for an operator command, named `app_name` in `pg_stat_activity`.
 ///
 /// # Errors
-/// When the database cannot be reached.
+/// A [`ConnectError`] when the database cannot be reached.
 pub async fn connect_once(
     settings: &Settings,
     app_name: &str,
 ) -> anyhow::Result<tokio_postgres::Client> {
     let mut config = session_config(settings);
     config.application_name(app_name);
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(anyhow::Error::new)
-        .map_err(|e| e.context(format!("cannot connect to {}", settings.database_display)))?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|error| ConnectError {
+        target: settings.database_display.clone(),
+        explanation: explain(&error),
+        error,
+    })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Command connection closed");
         }
     });
     Ok(client)
+}
+
+/// Why a connection attempt failed, in words an operator can act on: the cause (authentication
+/// failed, database missing, too many clients, connection refused, TLS required, ...), what
+/// PostgreSQL or the network said, and the fix. The one place that reads connection errors;
+/// the service log, `/readyz`, `check` and `status` all show its text.
+pub fn explain(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let message = db.message();
+        let code = db.code();
+        let (cause, fix) = if *code == SqlState::INVALID_PASSWORD {
+            (
+                "authentication failed",
+                "check the role's password (database_password_file, or the password in DATABASE_URL)",
+            )
+        } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            && message.contains("no encryption")
+        {
+            (
+                "TLS required",
+                "the server accepts this connection only over TLS (a `hostssl` line in pg_hba.conf), and the ingestor connects without TLS: allow it in pg_hba.conf (`host` for its address), or connect through a TLS-terminating proxy",
+            )
+        } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            (
+                "connection not allowed",
+                "the server's pg_hba.conf has no line for this host, role and database, or the role may not log in",
+            )
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            (
+                "database missing",
+                "create the database and apply the scripts in sql/, or fix the database name in DATABASE_URL",
+            )
+        } else if *code == SqlState::TOO_MANY_CONNECTIONS {
+            (
+                "too many clients",
+                "the server's max_connections (or the role's connection limit) is used up: find who holds the connections (pg_stat_activity), lower pool_size or the number of replicas, or raise max_connections",
+            )
+        } else if *code == SqlState::CANNOT_CONNECT_NOW {
+            (
+                "the server is starting up or shutting down",
+                "wait; the ingestor connects by itself once it accepts connections",
+            )
+        } else if code.code().starts_with("22") || code.code() == "42704" {
+            (
+                "a connection setting was refused",
+                "check the settings sent at connection (statement_timeout_ms, idle_in_transaction_timeout_ms, the options in DATABASE_URL)",
+            )
+        } else {
+            (
+                "the server refused the connection",
+                "see PostgreSQL's message and its server log",
+            )
+        };
+        return format!("{cause}: {message} (SQLSTATE {}); {fix}", code.code());
+    }
+    let text = chain_text(error);
+    let io_kind = std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| e.downcast_ref::<std::io::Error>())
+    .map(std::io::Error::kind);
+    let (cause, fix) = match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => (
+            "connection refused",
+            "nothing listens at the host and port in DATABASE_URL: start PostgreSQL, or fix the host or port",
+        ),
+        Some(std::io::ErrorKind::TimedOut) => (
+            "connection timed out",
+            "the host did not answer within connect_timeout_ms: check the host in DATABASE_URL, the network and any firewall",
+        ),
+        _ if text.contains("password missing") => (
+            "authentication failed",
+            "the server demands a password and none is configured: set database_password_file, or put the password in DATABASE_URL",
+        ),
+        _ if text.contains("TLS") => (
+            "TLS required",
+            "the ingestor connects without TLS, but DATABASE_URL asks for it (sslmode=require) or the server insists: use sslmode=disable or prefer, or allow connections without TLS on the server",
+        ),
+        _ if text.contains("failed to lookup address") || text.contains("Name or service not known") => (
+            "host not found",
+            "the host name in DATABASE_URL does not resolve: fix it, or check DNS",
+        ),
+        _ => (
+            "cannot reach the server",
+            "check the host, port and network path to PostgreSQL",
+        ),
+    };
+    format!("{cause}: {text}; {fix}")
+}
+
+/// An error and its causes on one line (tokio-postgres's own `Display` shows some of them).
+fn chain_text(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -14,7 +14,7 @@ use crate::helpers::*;
 #[path = "support/chaos_proxy.rs"]
 mod chaos_proxy;
 #[path = "support/private_postgres.rs"]
-mod private_postgres;
+pub(crate) mod private_postgres;
 
 use chaos_proxy::{ChaosProxy, Cut};
 use private_postgres::{PrivatePostgres, StopMode};
