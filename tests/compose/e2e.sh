@@ -38,7 +38,7 @@ targets_up() {
     local want=$1 got
     got=$(prom_query 'count(up{job="ingestor"} == 1)' | sed -n 's/.*=> \([0-9]*\) @.*/\1/p')
     [ "${got:-0}" = "$want" ] || return 1
-    [ "${2:-}" != with-generator ] || prom_query 'up{job="generator"} == 1' | grep -q '=> 1'
+    [ "${2:-}" != with-generator ] || [[ $(prom_query 'up{job="generator"} == 1') == *'=> 1'* ]]
 }
 
 # Prometheus has loaded every alert of grafana/prometheus/alerts.yml and evaluated it cleanly.
@@ -127,7 +127,11 @@ check_failed_first_start_never_healthy() {
         "${broken[@]}" down -v >/dev/null 2>&1 || true
         fail "the postgres health check passes on a half-initialised volume"
     fi
-    "${broken[@]}" logs postgres 2>&1 | grep -q 'division by zero' \
+    # Captured first: `logs | grep -q` fails under pipefail when grep's early exit makes the
+    # writer die of SIGPIPE.
+    local logs
+    logs=$("${broken[@]}" logs postgres 2>&1)
+    [[ $logs == *'division by zero'* ]] \
         || fail "the failed first start does not show its cause in docker compose logs postgres"
     "${broken[@]}" down -v >/dev/null 2>&1
     say "a first start that failed half-way: pg_isready answers, the health check says unhealthy, the log names the cause"
@@ -148,7 +152,7 @@ check_secret_init_refuses() {
 
 fault_kill() {
     local id
-    id=$(running ingestor | head -1)
+    id=$(running ingestor | sed -n 1p)
     say "docker kill -s KILL ingestor ($id) at $(events_stored) events; docker start it again"
     docker kill -s KILL "$id" >/dev/null
     sleep 2
@@ -158,7 +162,7 @@ fault_kill() {
 # A crash, not an operator's stop: kill -9 from the host, so the restart policy must act.
 fault_crash() {
     local id pid restarts
-    id=$(running ingestor | head -1)
+    id=$(running ingestor | sed -n 1p)
     pid=$(docker inspect -f '{{.State.Pid}}' "$id")
     restarts=$(docker inspect -f '{{.RestartCount}}' "$id")
     say "kill -9 of the ingestor's processes ($id, pid $pid) at $(events_stored) events; unless-stopped restarts it"
@@ -170,7 +174,7 @@ fault_crash() {
 
 fault_network() {
     local id aliases alias_flags=()
-    id=$(running ingestor | head -1)
+    id=$(running ingestor | sed -n 1p)
     aliases=$(docker inspect -f "{{range .NetworkSettings.Networks}}{{range .Aliases}}{{.}} {{end}}{{end}}" "$id")
     for a in $aliases; do alias_flags+=(--alias "$a"); done
     say "docker network disconnect ingestor ($id) for 20 s at $(events_stored) events"
