@@ -762,7 +762,7 @@ async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loa
             ("INGESTOR_LOADERS", "1"),
         ],
     );
-    wait_until_a_session_waits_for_a_lock(&client).await;
+    wait_until_a_session_waits_for_a_lock(&client, String::new).await;
 
     // Act: swap the names, then let the loader go on.
     for name in ["fifo.csv", "outside.csv", "zero.csv"] {
@@ -859,30 +859,6 @@ fn refusals(ingestor: &Ingestor) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// Waits until a session of the test database waits for a lock (the loader, behind the test's).
-async fn wait_until_a_session_waits_for_a_lock(client: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE NOT l.granted AND a.datname = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the loader never waited for the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -139,7 +139,7 @@ async fn a_batch_abandoned_at_the_drain_timeout_exits_non_zero_and_loads_at_the_
         .unwrap();
     generate(dir.path(), 1, 200, 23, Faults::default());
     let expected = expected(&event_files(dir.path()));
-    wait_until_a_session_waits_for_a_lock(&db).await;
+    wait_until_a_session_waits_for_a_lock(&db.client().await, String::new).await;
     // Act
     signal(ingestor.pid(), "TERM");
     let exit = ingestor
@@ -183,31 +183,6 @@ async fn a_batch_abandoned_at_the_drain_timeout_exits_non_zero_and_loads_at_the_
     assert_exact(&db, &expected).await;
     let exit = again.terminate(Duration::from_secs(15));
     assert!(exit.success(), "{exit:?}");
-}
-
-/// Waits until a session of the test database waits for a lock (the loader, behind the test's).
-async fn wait_until_a_session_waits_for_a_lock(db: &TestDatabase) {
-    let client = db.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE NOT l.granted AND a.datname = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the loader never waited for the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[test]

@@ -48,7 +48,10 @@ async fn new_content_renamed_onto_the_name_during_the_copy_is_loaded_not_archive
     );
     let held = HeldEventId::take(&db, old[0].0).await;
     producer.publish(input, &old);
-    wait_until_a_loader_waits(&db, &ingestor).await;
+    wait_until_a_session_waits_for_a_lock(&db.client().await, || {
+        format!("{:#?}", ingestor.log_lines())
+    })
+    .await;
 
     // Act: new content is renamed onto the name while the old file's COPY runs.
     producer.publish(input, &new);
@@ -79,7 +82,10 @@ async fn rows_appended_after_the_read_are_loaded_as_a_new_file() {
     let ingestor = Ingestor::spawn(&ingestor_url(&db), input, &[WAIT_FOR_CONFLICTS]);
     let held = HeldEventId::take(&db, first[49].0).await;
     producer.publish(input, &first);
-    wait_until_a_loader_waits(&db, &ingestor).await;
+    wait_until_a_session_waits_for_a_lock(&db.client().await, || {
+        format!("{:#?}", ingestor.log_lines())
+    })
+    .await;
 
     // Act: the producer appends 50 rows to the file already read.
     producer.append(input, &rows(50));
@@ -108,7 +114,10 @@ async fn a_region_rewritten_in_place_after_the_read_is_loaded_as_a_new_file() {
     let ingestor = Ingestor::spawn(&ingestor_url(&db), input, &[WAIT_FOR_CONFLICTS]);
     let held = HeldEventId::take(&db, first[99].0).await;
     producer.publish(input, &first);
-    wait_until_a_loader_waits(&db, &ingestor).await;
+    wait_until_a_session_waits_for_a_lock(&db.client().await, || {
+        format!("{:#?}", ingestor.log_lines())
+    })
+    .await;
 
     // Act: the producer rewrites the first row's event id in place (same size).
     producer.rewrite_first_id(input);
@@ -142,7 +151,10 @@ async fn a_replica_frozen_after_commit_leaves_a_reused_name_to_be_loaded() {
         &[("INGESTOR_INSTANCE_ID", "replica-a")],
     );
     producer.publish(input, &rows(100));
-    wait_until_a_loader_waits(&db, &frozen).await;
+    wait_until_a_session_waits_for_a_lock(&db.client().await, || {
+        format!("{:#?}", frozen.log_lines())
+    })
+    .await;
     signal(frozen.pid(), "STOP");
     gate.open().await;
     wait_for_finished(&db, 1).await;
@@ -327,33 +339,6 @@ impl CommitGate {
             .batch_execute(&format!("SELECT pg_advisory_unlock({})", Self::LOCK))
             .await
             .unwrap();
-    }
-}
-
-/// Waits until a session of the test database waits for a lock (the ingestor's, behind the
-/// test's held id or commit gate).
-async fn wait_until_a_loader_waits(db: &TestDatabase, ingestor: &Ingestor) {
-    let client = db.client().await;
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE NOT l.granted AND a.datname = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no loader waited for the test's lock: {:#?}",
-            ingestor.log_lines()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -416,3 +416,33 @@ pub async fn loaded_identities(db: &TestDatabase) -> BTreeSet<(Vec<u8>, i64)> {
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// Waits until a session of the test database waits for a lock: a loader, behind a lock the
+/// test holds. `context` (e.g. the ingestor's log) goes into the failure message if none does
+/// within a minute.
+pub async fn wait_until_a_session_waits_for_a_lock(
+    client: &tokio_postgres::Client,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session waited for the test's lock {}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
