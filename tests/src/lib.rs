@@ -466,6 +466,11 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     }
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
+    parse_http_response(&response)
+}
+
+/// The status code (0 if there is none) and the body of a raw HTTP/1 response.
+pub fn parse_http_response(response: &str) -> (u16, String) {
     let status = response
         .split_whitespace()
         .nth(1)

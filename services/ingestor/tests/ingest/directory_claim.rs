@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use ingestor::claim::MARKER_NAME;
@@ -18,18 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Starts `ingestor run` on `input` with `database_url` and waits for it to exit by itself:
 /// its exit status and its log (standard output and error).
 fn run_until_exit(database_url: &str, input: &Path) -> (ExitStatus, String) {
-    let child = Command::new(INGESTOR)
-        .args([
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--input-dir",
-        ])
-        .arg(input)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "info")
-        .envs(FAST.iter().copied())
+    let child = ingestor_run_command(database_url, input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

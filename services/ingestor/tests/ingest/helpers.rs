@@ -44,21 +44,28 @@ pub const FAST: [(&str, &str); 5] = [
     ("INGESTOR_CONNECT_TIMEOUT_MS", "2000"),
 ];
 
+/// `ingestor run` on `input` as the tests start it: JSON logs, any free port, the fast settings.
+pub fn ingestor_run_command(database_url: &str, input: &Path) -> Command {
+    let mut command = Command::new(INGESTOR);
+    command
+        .args([
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--input-dir",
+        ])
+        .arg(input)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "info")
+        .envs(FAST.iter().copied());
+    command
+}
+
 impl Ingestor {
     /// Starts `ingestor run` on `input` and waits until it listens.
     pub fn spawn(database_url: &str, input: &Path, envs: &[(&str, &str)]) -> Ingestor {
-        let mut child = Command::new(INGESTOR)
-            .args([
-                "--log-format",
-                "json",
-                "--listen",
-                "127.0.0.1:0",
-                "--input-dir",
-            ])
-            .arg(input)
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "info")
-            .envs(FAST.iter().copied())
+        let mut child = ingestor_run_command(database_url, input)
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -220,17 +220,7 @@ async fn raw_get(port: u16, path: &str) -> (u16, String) {
     }
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response).await;
-    let response = String::from_utf8_lossy(&response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    stack_tests::parse_http_response(&String::from_utf8_lossy(&response))
 }
 
 /// Holds a connection that sends nothing; when the server closes it, opens another.
