@@ -321,6 +321,33 @@ impl ChildGuard {
             }
         }
     }
+    /// Waits up to `timeout` for the child to write its ready file (`--ready-file path`) and
+    /// returns the address it bound.
+    ///
+    /// # Errors
+    /// Why there is none: the child exited first (with its status), the file is not a ready
+    /// file, or the time ran out. The caller adds the child's logs.
+    pub fn wait_for_ready_file(
+        &mut self,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<std::net::SocketAddr, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match service_support::ReadyFile::read(path) {
+                Ok(Some(ready)) => return Ok(ready.listen),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("it exited with {status} before it listened"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("it wrote no ready file within {timeout:?}"));
+            }
+            std::thread::sleep(CHILD_POLL_INTERVAL);
+        }
+    }
 }
 
 impl Drop for ChildGuard {

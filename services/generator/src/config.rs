@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+use crate::cli::Cli;
 
 /// Prefix of the environment variables that configure the generator, e.g. `GENERATOR_RATE`.
 pub const ENV_PREFIX: &str = "GENERATOR_";
@@ -109,88 +110,6 @@ pub struct Settings {
 }
 
 pub use service_support::ConfigError;
-
-/// Writes realistic synthetic e-commerce event CSV files into a directory, atomically.
-///
-/// Every flag can also be set as `GENERATOR_<FLAG>` (e.g. `GENERATOR_RATE=5000`) or in a TOML
-/// file given with `--config`; flags win over the environment, which wins over the file.
-#[derive(Debug, Default, Parser, Serialize)]
-#[command(name = "generator", version, about, long_about = None, allow_negative_numbers = true)]
-pub struct Cli {
-    /// TOML file with settings (keys as the long flags, with `_` for `-`).
-    #[arg(long, value_name = "FILE", env = "GENERATOR_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Directory to publish files into [default: data/incoming].
-    #[arg(long, value_name = "DIR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub out: Option<PathBuf>,
-    /// Target events per second [default: 1000].
-    #[arg(long, value_name = "EVENTS_PER_SECOND")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate: Option<f64>,
-    /// Rows per file [default: 1000].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rows: Option<u64>,
-    /// Files to write before exiting; 0 runs until SIGINT/SIGTERM [default: 0].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub files: Option<u64>,
-    /// Random seed: the same seed gives the same events [default: random, logged].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    /// RFC 3339 time of the first event, for reproducible timestamps [default: now].
-    #[arg(long, value_name = "RFC3339")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<String>,
-    /// Share of rows that break the contract (0 to 1) [default: 0].
-    #[arg(long, value_name = "RATIO")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub invalid_ratio: Option<f64>,
-    /// Share of rows that repeat an earlier event_id (0 to 1) [default: 0].
-    #[arg(long, value_name = "RATIO")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duplicate_ratio: Option<f64>,
-    /// Share of events stamped 1 to 30 minutes late (0 to 1) [default: 0].
-    #[arg(long, value_name = "RATIO")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub late_ratio: Option<f64>,
-    /// Products in the catalog [default: 5000].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub products: Option<u32>,
-    /// Distinct users [default: 100000].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub users: Option<u32>,
-    /// Concurrent shopping sessions [default: 500].
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sessions: Option<u32>,
-    /// Log format [default: text].
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
-    /// HTTP address for /metrics, /livez and /healthz; port 0 picks a free one
-    /// [default: 127.0.0.1:9101].
-    #[arg(long, value_name = "ADDR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// Without a command, the generator runs.
-    #[command(subcommand)]
-    #[serde(skip)]
-    pub command: Option<Command>,
-}
-
-/// What else the binary can do besides generating.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
-pub enum Command {
-    /// Ask the generator running with these settings for `/livez` on its `listen` address: exit
-    /// 0 when it answers 200, 1 otherwise. For container health checks (the image has no curl).
-    Healthcheck,
-}
 
 /// Layers defaults, the optional TOML file, the environment and the flags, then validates.
 ///
@@ -304,6 +223,7 @@ impl RawSettings {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use figment::Jail;
 
     fn cli(args: &[&str]) -> Cli {

@@ -3,6 +3,7 @@
 //! duplicates, late events).
 //!
 //! # Layout
+//! - [`cli`]: the command line (flags for every setting, `healthcheck`).
 //! - [`config`]: figment-layered settings (defaults < TOML < `GENERATOR_*` env < flags), validated;
 //!   logging set-up is shared with the ingestor in the `service-support` crate.
 //! - [`catalog`]: products with stable prices and Zipf popularity; the user base.
@@ -18,6 +19,7 @@
 //!   HTTP server under one shutdown.
 
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod faults;
 pub mod metrics;

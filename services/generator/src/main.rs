@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use generator::config::{self, Cli, Command};
+use generator::cli::{Cli, Command};
+use generator::config;
 use generator::startup;
+use service_support::ReadyFile;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,9 +25,11 @@ async fn main() -> ExitCode {
     }
     service_support::init_logging(settings.log_format, "info");
     let run = async {
-        startup::Application::build(settings)
-            .await?
-            .run_until_stopped(shutdown_signal())
+        let app = startup::Application::build(settings).await?;
+        if let Some(path) = &cli.ready_file {
+            ReadyFile::for_this_process(app.local_addr()?).write(path)?;
+        }
+        app.run_until_stopped(service_support::shutdown_signal("generator"))
             .await
     };
     match run.await {
@@ -66,27 +70,4 @@ fn healthcheck(listen: SocketAddr) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the generator");
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }

@@ -343,10 +343,14 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 fn metrics_and_livez_are_served_while_running_and_agree_with_the_files_on_disk() {
     // Arrange: 500 rows/s and 50-row files: a file every 100 ms, until SIGTERM.
     let dir = tempfile::tempdir().unwrap();
+    let ready_dir = tempfile::tempdir().unwrap();
+    let ready_file = ready_dir.path().join("ready.json");
     let child = Command::new(GENERATOR)
         .arg("--out")
         .arg(dir.path())
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--ready-file")
+        .arg(&ready_file)
         .args(["--rate", "500", "--rows", "50", "--files", "0"])
         .args(["--invalid-ratio", "0.1", "--duplicate-ratio", "0.05"])
         .args(["--late-ratio", "0.1"])
@@ -354,15 +358,17 @@ fn metrics_and_livez_are_served_while_running_and_agree_with_the_files_on_disk()
         .spawn()
         .unwrap();
     let mut guard = ChildGuard::new(child);
+    let listen = guard
+        .wait_for_ready_file(&ready_file, Duration::from_secs(20))
+        .unwrap_or_else(|why| panic!("the generator did not start: {why}"));
     let lines = log_lines(&mut guard);
     let starting = wait_for_line(&lines, "Generator starting");
-    let listen: std::net::SocketAddr = starting["listen"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no listen field: {starting}"))
-        .parse()
-        .unwrap();
+    assert_eq!(
+        starting["listen"].as_str(),
+        Some(listen.to_string().as_str()),
+        "the start line names the bound address, not the configured port 0: {starting}"
+    );
     let port = listen.port();
-    assert_ne!(port, 0, "the bound port is logged, not the configured 0");
 
     // Act: liveness, then a scrape once at least 3 files are counted.
     let (status, body) = http_get(port, "/livez");

@@ -33,6 +33,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE", env = "INGESTOR_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Once listening, write `{"listen": "<addr>", "pid": <pid>}` to this file (for whoever
+    /// started `run` with `--listen 127.0.0.1:0` and needs the port that was picked).
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip)]
+    pub ready_file: Option<PathBuf>,
     /// Directory to watch for event files [default: data/incoming].
     #[arg(long, global = true, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,6 @@
 //! Entry point: parse the command line, load settings, set up logging, dispatch.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -7,6 +8,7 @@ use ingestor::cli::{Cli, Command};
 use ingestor::commands::{check, healthcheck, replay, report, reset, status};
 use ingestor::config;
 use ingestor::startup::Application;
+use service_support::ReadyFile;
 
 /// The ingestor's own switch for backtraces on errors and panics (`1` or `true`). Read here,
 /// before any thread starts, because it works by setting the standard library's variables.
@@ -44,7 +46,7 @@ async fn run_command() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     if matches!(command, Command::Run) {
         service_support::init_logging(settings.log_format, "info");
-        return match run(settings).await {
+        return match run(settings, cli.global.ready_file.as_deref()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error.cause_chain = ?e, error.message = %format!("{e:#}"), "Ingestor failed");
@@ -87,53 +89,13 @@ fn unreachable_run() -> anyhow::Result<bool> {
     ))
 }
 
-async fn run(settings: config::Settings) -> anyhow::Result<()> {
+async fn run(settings: config::Settings, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
-    app.run_until_stopped(shutdown_signal()).await?;
+    if let Some(path) = ready_file {
+        ReadyFile::for_this_process(app.local_addr()?).write(path)?;
+    }
+    app.run_until_stopped(service_support::shutdown_signal("ingestor"))
+        .await?;
     tracing::info!("Ingestor stopped");
     Ok(())
-}
-
-/// Completes on the first SIGINT or SIGTERM; a second one exits at once (the open transaction
-/// is rolled back by PostgreSQL when the connection drops, so nothing is lost).
-///
-/// The listeners are created once, before the first signal, and reused for the second: a signal
-/// arriving between the two waits is queued by them instead of being lost.
-async fn shutdown_signal() {
-    let mut signals = match Signals::listen() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot listen for SIGINT/SIGTERM; stop the ingestor with SIGKILL");
-            return std::future::pending().await;
-        }
-    };
-    signals.next().await;
-    tokio::spawn(async move {
-        signals.next().await;
-        eprintln!("ingestor: second signal, exiting now");
-        std::process::exit(130);
-    });
-}
-
-/// SIGINT and SIGTERM listeners.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn listen() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
-
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-    }
 }

@@ -57,6 +57,16 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    /// The bound HTTP address.
+    ///
+    /// # Errors
+    /// When the socket cannot tell (it has been closed under us).
+    pub fn local_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        self.listener
+            .local_addr()
+            .context("cannot read the bound address")
+    }
+
     /// Runs until `shutdown` completes, then stops taking new files and lets the batch in
     /// flight commit within the drain timeout.
     ///

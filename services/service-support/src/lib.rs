@@ -12,9 +12,18 @@
 //! - [`ConfigError`]: why a configuration cannot be used, naming the key and the value.
 //! - [`register`], [`counter_vec`], [`histogram`]: metric registration in a service-owned
 //!   `prometheus::Registry`, labelled series pre-created at 0.
+//! - [`ReadyFile`]: the file a service writes its bound address to (`--ready-file`), so whoever
+//!   started it on port 0 finds the port without reading logs.
+//! - [`shutdown_signal`]: SIGINT/SIGTERM, a second one exits at once.
 //! - [`health_status`]: one GET against a service's own health endpoint, for the `healthcheck`
 //!   subcommands container health checks run (the images have no curl).
 #![warn(missing_docs)]
+
+mod ready_file;
+mod shutdown;
+
+pub use ready_file::ReadyFile;
+pub use shutdown::shutdown_signal;
 
 use std::io::{IsTerminal, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

@@ -33,6 +33,8 @@ pub struct Ingestor {
     guard: ChildGuard,
     pub port: u16,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Holds its ready file (`--ready-file`).
+    _ready_dir: tempfile::TempDir,
 }
 
 /// Settings that make tests fast: short settle and rescan intervals, quick retries.
@@ -65,7 +67,11 @@ pub fn ingestor_run_command(database_url: &str, input: &Path) -> Command {
 impl Ingestor {
     /// Starts `ingestor run` on `input` and waits until it listens.
     pub fn spawn(database_url: &str, input: &Path, envs: &[(&str, &str)]) -> Ingestor {
+        let ready_dir = tempfile::tempdir().unwrap();
+        let ready_file = ready_dir.path().join("ready.json");
         let mut child = ingestor_run_command(database_url, input)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -90,29 +96,16 @@ impl Ingestor {
             guard: ChildGuard::new(child),
             port: 0,
             logs,
+            _ready_dir: ready_dir,
         };
-        ingestor.port = ingestor.wait_for_port();
+        ingestor.port = match ingestor
+            .guard
+            .wait_for_ready_file(&ready_file, Duration::from_secs(20))
+        {
+            Ok(listen) => listen.port(),
+            Err(why) => panic!("ingestor did not start: {why}: {:#?}", ingestor.log_lines()),
+        };
         ingestor
-    }
-
-    fn wait_for_port(&mut self) -> u16 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(line) = self
-                .log_lines()
-                .iter()
-                .find(|l| l.contains("Ingestor starting"))
-            {
-                let json: serde_json::Value = serde_json::from_str(line).unwrap();
-                let listen = json["listen"].as_str().unwrap();
-                return listen.rsplit(':').next().unwrap().parse().unwrap();
-            }
-            if let Some(status) = self.guard.child_mut().try_wait().unwrap() {
-                panic!("ingestor exited with {status}: {:#?}", self.log_lines());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("ingestor did not start: {:#?}", self.log_lines());
     }
 
     /// Everything it logged so far.
