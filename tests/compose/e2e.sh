@@ -104,7 +104,7 @@ wait_drained() {
     gen=$(compose ps -aq generator)
     wait_until "[ \"\$(docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' $gen)\" = 'exited 0' ]" \
         "the generator did not finish its bounded run"
-    wait_until "[ \"\$(compose exec -T --index 1 ingestor ingestor status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"backlog_files\"])')\" = 0 ]" \
+    wait_until "[ \"\$(compose exec -T --index 1 ingestor ingestor status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"backlog\"][\"files\"])')\" = 0 ]" \
         "the ingestors did not drain the input directory"
 }
 

@@ -14,6 +14,7 @@
 //!   directory is loaded into, checked before loading starts.
 //! - [`lifecycle`]: archiving, deleting or failing files after commit.
 //! - [`internal_events`]: every log line and metric the service emits (where a row is counted).
+//! - [`status`]: the status report, one type for `ingestor status --json` and `GET /status`.
 //! - [`routes`]: `/metrics`, `/healthz`, `/livez`, `/readyz`, `/status`.
 //! - [`http`]: the HTTP listener, bounded (connection limit, header and idle timeouts, a
 //!   shutdown within the drain timeout) so that no client can starve the loader.
@@ -30,4 +31,5 @@ pub mod pipeline;
 pub mod routes;
 pub mod source;
 pub mod startup;
+pub mod status;
 pub mod store;

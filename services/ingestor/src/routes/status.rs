@@ -1,6 +1,5 @@
-//! `GET /status`: the operator's first questions over HTTP (the same report as
-//! `ingestor status --json`, from [`crate::commands::status::collect_with`]), plus which build
-//! and which instance answered, and when the report was gathered.
+//! `GET /status`: the operator's first questions over HTTP, the [`StatusReport`] that
+//! `ingestor status --json` prints too, with the answering instance's id.
 //!
 //! Answered from a snapshot: the report is gathered at most once per [`REFRESH_INTERVAL`], by one
 //! request at a time (the others wait for it and share it), over one database session kept
@@ -14,15 +13,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{SecondsFormat, Utc};
-use serde::Serialize;
-use serde_json::{json, Value};
 
 use super::AppState;
-use crate::commands::status::{collect_with, Failure, Status, STATUS_APPLICATION_NAME};
 use crate::config::Settings;
 use crate::source::Discovery;
-use crate::store::connect_once;
+use crate::status::{backlog, StatusReport, STATUS_APPLICATION_NAME};
+use crate::store::{connect_once, ledger_report};
 
 /// A snapshot younger than this is served as it is; an older one is gathered again by the next
 /// request. So the database sees at most one report's queries per second, however many clients
@@ -60,8 +56,8 @@ struct Gathered {
     /// Counts gatherings: a request that waited for the gatherer serves whatever was gathered
     /// meanwhile instead of gathering again.
     generation: u64,
-    /// The `/status` body, or why it could not be gathered.
-    report: Result<Value, String>,
+    /// The report (complete, or with the reason a part is missing).
+    report: StatusReport,
 }
 
 /// What gathering keeps between runs: the listing (an unwatched [`Discovery`]: no inotify
@@ -107,15 +103,14 @@ impl StatusSnapshot {
                 return latest;
             }
         }
-        let settings = &self.inner.settings;
-        let report = match tokio::time::timeout(GATHER_TIMEOUT, gatherer.gather(settings)).await {
-            Ok(Ok(status)) => Ok(body(status, settings)),
-            Ok(Err(e)) => {
-                tracing::warn!(error.message = %e, error.cause_chain = ?e, "Status report failed");
-                Err(format!("{e:#}"))
-            }
-            Err(_) => Err("database did not answer in time".to_owned()),
-        };
+        let report = gatherer.gather(&self.inner.settings).await;
+        if let Some(error) = report
+            .directory_error
+            .as_ref()
+            .or(report.database_error.as_ref())
+        {
+            tracing::warn!(error.message = %error, "Status report failed");
+        }
         let gathered = Arc::new(Gathered {
             at: Instant::now(),
             generation: seen_generation + 1,
@@ -127,125 +122,59 @@ impl StatusSnapshot {
 }
 
 impl Gatherer {
-    /// Lists the directory and reads the ledger through the kept session, opening it if needed.
-    /// The session is kept only after a gathering that succeeded: one that failed or was cut
-    /// short (a timeout, a client gone) may have left it mid-exchange, so it is dropped (which
-    /// closes it) and the next gathering connects afresh.
-    async fn gather(&mut self, settings: &Settings) -> anyhow::Result<Status> {
-        let discovery = match self.discovery.take() {
-            Some(discovery) => discovery,
-            None => Discovery::unwatched(&settings.input_dir, settings.settle)?,
+    /// Lists the directory and reads the ledger through the kept session, opening it if needed;
+    /// the ledger part within [`GATHER_TIMEOUT`]. The session is kept only after a reading that
+    /// succeeded: one that failed or was cut short (a timeout, a client gone) may have left it
+    /// mid-exchange, so it is dropped (which closes it) and the next gathering connects afresh.
+    async fn gather(&mut self, settings: &Settings) -> StatusReport {
+        let backlog = match self.discovery.take() {
+            Some(discovery) => Ok(discovery),
+            None => Discovery::unwatched(&settings.input_dir, settings.settle),
+        }
+        .and_then(|discovery| backlog(settings, self.discovery.insert(discovery)));
+        let ledger = match tokio::time::timeout(GATHER_TIMEOUT, self.read_ledger(settings)).await {
+            Ok(ledger) => ledger,
+            Err(_) => Err(anyhow::anyhow!(
+                "the database did not answer within {GATHER_TIMEOUT:?}"
+            )),
         };
-        let discovery = &*self.discovery.insert(discovery);
+        StatusReport::new(Some(settings.instance_id.clone()), backlog, ledger)
+    }
+
+    async fn read_ledger(
+        &mut self,
+        settings: &Settings,
+    ) -> anyhow::Result<ledger_report::LedgerSummary> {
         let client = match self.client.take() {
             Some(client) if !client.is_closed() => client,
             _ => connect_once(settings, STATUS_APPLICATION_NAME).await?,
         };
-        let status = collect_with(settings, discovery, &client).await?;
+        let summary = ledger_report::summary(&client).await?;
         self.client = Some(client);
-        Ok(status)
+        Ok(summary)
     }
 }
 
-fn body(status: Status, settings: &Settings) -> Value {
-    let body = StatusBody::new(status, settings.instance_id.clone());
-    // Serializing plain data into a Value cannot fail; should it, the reason is the answer.
-    serde_json::to_value(body).unwrap_or_else(|e| json!({ "error": e.to_string() }))
-}
-
-/// The `/status` body.
-#[derive(Debug, Serialize)]
-pub struct StatusBody {
-    /// `CARGO_PKG_VERSION` of the running binary.
-    pub version: &'static str,
-    /// This replica's instance id (as recorded in the ledger).
-    pub instance_id: String,
-    /// When the report was gathered (RFC 3339, UTC): at most [`REFRESH_INTERVAL`] plus one
-    /// gathering ago.
-    pub as_of: String,
-    /// The input directory's waiting files.
-    pub backlog: Backlog,
-    /// Time of the last committed file (RFC 3339, UTC), `null` before the first.
-    pub last_commit: Option<String>,
-    /// Totals over the ledger (within its retention).
-    pub totals: Totals,
-    /// The most recent failed files, newest first.
-    pub recent_failures: Vec<Failure>,
-}
-
-/// Files waiting in the input directory.
-#[derive(Debug, Serialize)]
-pub struct Backlog {
-    /// Files waiting.
-    pub files: usize,
-    /// Bytes waiting.
-    pub bytes: u64,
-    /// Age of the oldest waiting file in seconds (0 when none waits).
-    pub oldest_age_seconds: f64,
-}
-
-/// Ledger totals; `lines = accepted + duplicates + rejected` over loaded files.
-#[derive(Debug, Serialize)]
-pub struct Totals {
-    /// Files loaded.
-    pub files_loaded: i64,
-    /// Files failed as a whole.
-    pub files_failed: i64,
-    /// Data lines of loaded files.
-    pub lines: i64,
-    /// Rows inserted into `events`.
-    pub accepted: i64,
-    /// Rows whose event_id was already stored.
-    pub duplicates: i64,
-    /// Rows that broke the contract.
-    pub rejected: i64,
-}
-
-impl StatusBody {
-    fn new(status: Status, instance_id: String) -> Self {
-        StatusBody {
-            version: env!("CARGO_PKG_VERSION"),
-            instance_id,
-            as_of: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            backlog: Backlog {
-                files: status.backlog_files,
-                bytes: status.backlog_bytes,
-                oldest_age_seconds: status.oldest_waiting_seconds,
-            },
-            last_commit: status.last_commit,
-            totals: Totals {
-                files_loaded: status.files_loaded,
-                files_failed: status.files_failed,
-                lines: status.lines,
-                accepted: status.accepted,
-                duplicates: status.duplicates,
-                rejected: status.rejected,
-            },
-            recent_failures: status.recent_failures,
-        }
-    }
-}
-
-/// `GET /status`: 200 with [`StatusBody`] from the snapshot, or 503
-/// `{"status": "unavailable", "reason": ..}` when the report could not be gathered within
-/// [`GATHER_TIMEOUT`] (the database is unreachable, the input directory unreadable).
+/// `GET /status`: 200 with the [`StatusReport`] from the snapshot, or 503 with the same report
+/// when a part could not be read within [`GATHER_TIMEOUT`] (the database is unreachable, the
+/// input directory unreadable): its `database_error` or `directory_error` says why.
 pub async fn status(State(state): State<AppState>) -> Response {
-    let settings = &state.settings;
     let report = match tokio::time::timeout(REQUEST_TIMEOUT, state.status.get()).await {
         Ok(gathered) => gathered.report.clone(),
-        Err(_) => Err("the status report did not complete in time".to_owned()),
+        Err(_) => StatusReport::new(
+            Some(state.settings.instance_id.clone()),
+            Err(anyhow::anyhow!(
+                "the status report did not complete in time"
+            )),
+            Err(anyhow::anyhow!(
+                "the status report did not complete in time"
+            )),
+        ),
     };
-    match report {
-        Ok(body) => (StatusCode::OK, Json(body)).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "unavailable",
-                "reason": reason,
-                "version": env!("CARGO_PKG_VERSION"),
-                "instance_id": settings.instance_id,
-            })),
-        )
-            .into_response(),
-    }
+    let code = if report.is_complete() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(report)).into_response()
 }

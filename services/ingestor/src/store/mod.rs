@@ -4,6 +4,7 @@
 
 pub mod copy;
 pub mod ledger;
+pub mod ledger_report;
 pub mod pool;
 pub mod recent_ids;
 

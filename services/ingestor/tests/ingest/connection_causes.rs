@@ -275,8 +275,8 @@ fn status_prints_the_backlog_and_why_the_database_is_unreachable() {
     );
     assert_eq!(json.status.code(), Some(1));
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(value["backlog_files"], 3);
-    assert_eq!(value["backlog_bytes"], bytes);
+    assert_eq!(value["backlog"]["files"], 3);
+    assert_eq!(value["backlog"]["bytes"], bytes);
     assert!(value["database_error"]
         .as_str()
         .unwrap()

@@ -200,7 +200,9 @@ async fn status_answers_503_with_a_reason_when_the_database_is_unreachable() {
     );
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
-        json["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        json["database_error"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
         "{json:#}"
     );
     assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));

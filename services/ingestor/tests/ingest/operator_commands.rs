@@ -18,6 +18,22 @@ fn ingestor(database_url: &str, input: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `files` generated files of 100 rows with 10% invalid rows (seeded by `seed`), and
+/// `broken.csv`, whose header fails the whole file.
+fn write_files_and_a_broken_one(dir: &Path, files: u64, seed: u64) {
+    generate(
+        dir,
+        files,
+        100,
+        seed,
+        Faults {
+            invalid: 0.1,
+            ..Faults::default()
+        },
+    );
+    std::fs::write(dir.join("broken.csv"), "a,b\n1,2\n").unwrap();
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -64,17 +80,7 @@ async fn status_reports_backlog_totals_and_failures_as_json() {
     // Arrange: 3 files loaded, 1 failed, then 2 more waiting with no ingestor running.
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
-    generate(
-        dir.path(),
-        3,
-        100,
-        1,
-        Faults {
-            invalid: 0.1,
-            ..Faults::default()
-        },
-    );
-    std::fs::write(dir.path().join("broken.csv"), "a,b\n1,2\n").unwrap();
+    write_files_and_a_broken_one(dir.path(), 3, 1);
     let running = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
     wait_for_ledger(&db, dir.path(), 4, Duration::from_secs(30)).await;
     drop(running);
@@ -88,21 +94,77 @@ async fn status_reports_backlog_totals_and_failures_as_json() {
         String::from_utf8_lossy(&output.stderr)
     );
     let status: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
-    assert_eq!(status["backlog_files"], 2);
-    assert_eq!(status["files_loaded"], 3);
-    assert_eq!(status["files_failed"], 1);
-    assert_eq!(status["lines"], 300);
-    let accounted = status["accepted"].as_i64().unwrap()
-        + status["duplicates"].as_i64().unwrap()
-        + status["rejected"].as_i64().unwrap();
+    assert_eq!(status["backlog"]["files"], 2);
+    assert_eq!(status["totals"]["files_loaded"], 3);
+    assert_eq!(status["totals"]["files_failed"], 1);
+    assert_eq!(status["totals"]["lines"], 300);
+    let accounted = status["totals"]["accepted"].as_i64().unwrap()
+        + status["totals"]["duplicates"].as_i64().unwrap()
+        + status["totals"]["rejected"].as_i64().unwrap();
     assert_eq!(accounted, 300);
-    assert!(status["rejected"].as_i64().unwrap() > 0);
+    assert!(status["totals"]["rejected"].as_i64().unwrap() > 0);
     assert_eq!(status["recent_failures"][0]["file"], "broken.csv");
     assert_eq!(
         status["recent_failures"][0]["reason"],
         "header_missing_column"
     );
     assert!(status["last_commit"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_command_and_status_endpoint_answer_the_same_report() {
+    // Arrange: one loaded file with rejected rows, one that failed, one waiting.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_files_and_a_broken_one(dir.path(), 1, 7);
+    let running = Ingestor::spawn(
+        &ingestor_url(&db),
+        dir.path(),
+        &[("INGESTOR_INSTANCE_ID", "same-report")],
+    );
+    wait_for_ledger(&db, dir.path(), 2, Duration::from_secs(30)).await;
+    // Act
+    let (code, body) = http_get(running.port, "/status");
+    let command = ingestor(&ingestor_url(&db), dir.path(), &["status", "--json"]);
+    // Assert: one shape, and the same facts in it.
+    assert_eq!(code, 200, "{body}");
+    assert!(command.status.success(), "{}", stdout(&command));
+    let endpoint: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&command)).unwrap();
+    assert_eq!(
+        shape(&endpoint),
+        shape(&printed),
+        "{endpoint:#}\n{printed:#}"
+    );
+    for field in [
+        "version",
+        "backlog",
+        "totals",
+        "last_commit",
+        "recent_failures",
+    ] {
+        assert_eq!(endpoint[field], printed[field], "{field}");
+    }
+    assert_eq!(endpoint["instance_id"], "same-report");
+    assert_eq!(printed["instance_id"], serde_json::Value::Null);
+    assert_eq!(printed["totals"]["files_failed"], 1, "{printed:#}");
+    drop(running);
+}
+
+/// The keys of a JSON value, recursively, with arrays reduced to their first element's keys:
+/// what a script reading the report depends on.
+fn shape(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(key, v)| (key.clone(), shape(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.first().map(shape).into_iter().collect())
+        }
+        _ => serde_json::Value::Null,
+    }
 }
 
 #[tokio::test]
