@@ -13,6 +13,7 @@ use prometheus::{
 };
 use service_support::{counter_vec, histogram, register};
 
+use crate::model::{FileFailure, LedgerStatus};
 use crate::pipeline::FileChange;
 
 /// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need, dense where a healthy
@@ -323,10 +324,8 @@ impl FileLoaded<'_> {
 pub struct FileFailed<'a> {
     /// File name.
     pub name: &'a str,
-    /// Stable reason code.
-    pub reason: &'a str,
-    /// Details.
-    pub message: &'a str,
+    /// Why (its code is the log's `reason`).
+    pub failure: &'a FileFailure,
 }
 
 impl FileFailed<'_> {
@@ -334,8 +333,8 @@ impl FileFailed<'_> {
     pub fn emit(&self, m: &Metrics) {
         tracing::warn!(
             file = self.name,
-            reason = self.reason,
-            message = self.message,
+            reason = self.failure.code(),
+            message = %self.failure,
             "File failed; moved to the failed directory"
         );
         m.files.with_label_values(&["failed"]).inc();
@@ -349,7 +348,7 @@ pub struct FileAlreadyLoaded<'a> {
     /// Ledger id of the earlier load.
     pub file_id: i64,
     /// Its ledger status.
-    pub status: &'a str,
+    pub status: LedgerStatus,
 }
 
 impl FileAlreadyLoaded<'_> {
@@ -358,7 +357,7 @@ impl FileAlreadyLoaded<'_> {
         tracing::info!(
             file = self.name,
             file_id = self.file_id,
-            status = self.status,
+            status = %self.status,
             "File content already in the ledger; not loaded again"
         );
         m.files.with_label_values(&["already_loaded"]).inc();

@@ -3,6 +3,8 @@
 //! line (accepted, duplicate, or rejected with a reason).
 //!
 //! # Layout
+//! - [`model`]: the types that cross layers (ledger status, file failures, ...), below all of
+//!   the modules that use them.
 //! - [`cli`], [`config`]: command line and layered settings (logging set-up is shared with the
 //!   generator in the `service-support` crate).
 //! - [`source`]: discovery of ready files (inotify + periodic rescan), oldest first.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod http;
 pub mod internal_events;
 pub mod lifecycle;
+pub mod model;
 pub mod pipeline;
 pub mod routes;
 pub mod source;

@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::internal_events::Metrics;
 use crate::lifecycle;
+use crate::model::LedgerStatus;
 use crate::pipeline::loader::{load_batch, FileOutcome};
 use crate::pipeline::reader;
 use crate::source::Candidate;
 use crate::store::recent_ids::CommittedIds;
-use crate::store::{build_pool, connect_once};
+use crate::store::{build_pool, connect_once, ledger};
 
 /// Loads `path`; `Ok(true)` when its rows are (now or already) in the database.
 ///
@@ -27,16 +28,9 @@ pub async fn run(settings: Settings, path: &Path) -> anyhow::Result<bool> {
     let identity =
         reader::identify(path).with_context(|| format!("cannot read {}", path.display()))?;
     let client = connect_once(&settings, "ingestor-replay").await?;
-    let size = i64::try_from(identity.size).context("file too large")?;
     // Clearing a failed entry is its own transaction: if the load below then fails or the
     // process dies, the file is still on disk and replay can simply be run again.
-    let cleared = client
-        .execute(
-            "DELETE FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2 AND status = 'failed'",
-            &[&identity.hash.as_slice(), &size],
-        )
-        .await
-        .context("cannot clear the failed ledger entry")?;
+    let cleared = ledger::clear_failed(&client, &identity).await?;
     if cleared > 0 {
         println!("cleared the earlier failed ledger entry for this content");
     }
@@ -107,15 +101,15 @@ fn report(
             file_id, status, ..
         } => {
             println!("this content is already in the ledger as file_id {file_id} ({status}); nothing loaded twice");
-            Ok(status == "loaded")
+            Ok(status == LedgerStatus::Loaded)
         }
         FileOutcome::Failed {
-            file_id,
-            reason,
-            message,
-            ..
+            file_id, failure, ..
         } => {
-            println!("failed again (file_id {file_id}): {reason}: {message}");
+            println!(
+                "failed again (file_id {file_id}): {}: {failure}",
+                failure.code()
+            );
             Ok(false)
         }
         FileOutcome::Busy => {

@@ -17,6 +17,7 @@ use super::reader::{self, count_by_reason, OpenedFile, ReadMessage, ReadOptions}
 use super::{FileIdentity, FileStamp};
 use crate::config::Settings;
 use crate::internal_events::LineCounts;
+use crate::model::{FileFailure, LedgerStatus};
 use crate::source::Candidate;
 use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
@@ -39,10 +40,8 @@ pub enum FileOutcome {
     Failed {
         /// Ledger id.
         file_id: i64,
-        /// Stable code.
-        reason: String,
-        /// Details.
-        message: String,
+        /// Why.
+        failure: FileFailure,
         /// The file that was read: only it may be moved to the failed directory.
         read: FileStamp,
     },
@@ -50,8 +49,8 @@ pub enum FileOutcome {
     AlreadyKnown {
         /// Ledger id.
         file_id: i64,
-        /// `loaded` or `failed`.
-        status: String,
+        /// `Loaded` or `Failed`.
+        status: LedgerStatus,
         /// The file that was read: only it may be moved where the earlier outcome puts it.
         read: FileStamp,
     },
@@ -124,10 +123,7 @@ enum ReadEnd {
     /// Every row was sent; the identity of what was read.
     Done(FileIdentity),
     /// Not event CSV at all.
-    Unreadable {
-        reason: &'static str,
-        message: String,
-    },
+    Unreadable(FileFailure),
     /// Reading broke off.
     Interrupted(io::Error),
 }
@@ -317,7 +313,7 @@ async fn load_file(
                 .context("cannot roll back to the savepoint")?;
             return Ok(FileOutcome::Retry(format!("reading broke off: {e}")));
         }
-        ReadEnd::Unreadable { reason, message } => Some((reason.to_owned(), message)),
+        ReadEnd::Unreadable(failure) => Some(failure),
         ReadEnd::Done(_) => over_budget(settings, &loaded.counts),
     };
     match failure {
@@ -327,7 +323,7 @@ async fn load_file(
             loaded.read = read;
             Ok(FileOutcome::Loaded(loaded))
         }
-        Some((reason, message)) => {
+        Some(failure) => {
             sp.rollback()
                 .await
                 .context("cannot roll back to the savepoint")?;
@@ -337,14 +333,12 @@ async fn load_file(
                 &candidate.name,
                 candidate.modified,
                 &settings.instance_id,
-                &reason,
-                &message,
+                &failure,
             )
             .await?;
             Ok(FileOutcome::Failed {
                 file_id,
-                reason,
-                message,
+                failure,
                 read,
             })
         }
@@ -378,9 +372,7 @@ async fn stream_file(
         let chunk = match next_message(tx, &mut receiver, keepalive).await? {
             Some(ReadMessage::Chunk(chunk)) => chunk,
             Some(ReadMessage::Done(identity)) => break (ReadEnd::Done(identity), loaded),
-            Some(ReadMessage::Unreadable { reason, message }) => {
-                break (ReadEnd::Unreadable { reason, message }, loaded)
-            }
+            Some(ReadMessage::Unreadable(failure)) => break (ReadEnd::Unreadable(failure), loaded),
             Some(ReadMessage::Interrupted(e)) => break (ReadEnd::Interrupted(e), loaded),
             None => {
                 let gone = io::Error::other("reader stopped without finishing");
@@ -444,19 +436,12 @@ async fn next_message(
 }
 
 /// The error budget: a file whose rejected share exceeds the configured ratio fails as a whole.
-fn over_budget(settings: &Settings, counts: &LineCounts) -> Option<(String, String)> {
+fn over_budget(settings: &Settings, counts: &LineCounts) -> Option<FileFailure> {
     let ratio = settings.max_reject_ratio?;
     let share = counts.rejected as f64 / counts.lines.max(1) as f64;
-    (counts.lines > 0 && share > ratio).then(|| {
-        (
-            "error_budget_exceeded".to_owned(),
-            format!(
-                "{} of {} rows rejected ({:.2}%), over the {:.2}% budget",
-                counts.rejected,
-                counts.lines,
-                share * 100.0,
-                ratio * 100.0
-            ),
-        )
+    (counts.lines > 0 && share > ratio).then_some(FileFailure::ErrorBudgetExceeded {
+        rejected: counts.rejected,
+        lines: counts.lines,
+        budget: ratio,
     })
 }

@@ -13,6 +13,7 @@ use rustix::fs::{Mode, OFlags};
 use tokio::sync::mpsc;
 
 use super::{FileIdentity, FileStamp};
+use crate::model::FileFailure;
 use crate::store::copy::{LineEvent, RejectedRow};
 
 /// A chunk is also sent once its rows' raw text reaches this size: rejected rows keep their raw
@@ -53,12 +54,7 @@ pub enum ReadMessage {
     /// More rows.
     Chunk(Chunk),
     /// The file is not event CSV at all (empty, bad header): fail it as a whole.
-    Unreadable {
-        /// Stable code, e.g. `header_missing_column`.
-        reason: &'static str,
-        /// Details.
-        message: String,
-    },
+    Unreadable(FileFailure),
     /// Reading broke off (I/O error); nothing of the file may be committed.
     Interrupted(io::Error),
     /// All rows were sent; the identity of what was actually read, to compare with the claim.
@@ -162,11 +158,8 @@ pub fn read_rows(file: File, options: ReadOptions, tx: &mpsc::Sender<ReadMessage
         Ok(Some(identity)) => ReadMessage::Done(identity),
         Ok(None) => return,
         Err(ReadError::Io(e)) => ReadMessage::Interrupted(e),
-        Err(e) => ReadMessage::Unreadable {
-            reason: e.code(),
-            // A header error quotes the offending column name, which may hold NUL bytes.
-            message: without_nul(e.to_string()),
-        },
+        Err(ReadError::Empty) => ReadMessage::Unreadable(FileFailure::Empty),
+        Err(ReadError::Header(e)) => ReadMessage::Unreadable(FileFailure::BadHeader(e)),
     };
     let _ = tx.blocking_send(message);
 }

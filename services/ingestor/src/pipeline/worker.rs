@@ -26,6 +26,7 @@ use crate::internal_events::{
     Metrics,
 };
 use crate::lifecycle;
+use crate::model::{FileFailure, LedgerStatus};
 use crate::source::{Candidate, Discovery, Scan};
 use crate::store::pool::{classify, Failure};
 use crate::store::recent_ids::CommittedIds;
@@ -346,7 +347,7 @@ async fn quarantine(
     candidate: &Candidate,
     error: &anyhow::Error,
 ) {
-    let message = format!("{error:#}");
+    let failure = FileFailure::DatabaseRejected(format!("{error:#}"));
     let recorded = async {
         let path = candidate.path.clone();
         // Opened and hashed once more: the file recorded as failed is the file that is moved.
@@ -361,8 +362,7 @@ async fn quarantine(
             &candidate.name,
             candidate.modified,
             &settings.instance_id,
-            "database_rejected",
-            &message,
+            &failure,
         )
         .await?;
         tx.commit().await?;
@@ -373,8 +373,7 @@ async fn quarantine(
         Ok((file_id, read)) => {
             FileFailed {
                 name: &candidate.name,
-                reason: "database_rejected",
-                message: &message,
+                failure: &failure,
             }
             .emit(metrics);
             match lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id) {
@@ -412,14 +411,12 @@ fn finish(
         }
         FileOutcome::Failed {
             file_id,
-            reason,
-            message,
+            failure,
             read,
         } => {
             FileFailed {
                 name: &candidate.name,
-                reason: &reason,
-                message: &message,
+                failure: &failure,
             }
             .emit(metrics);
             let moved = lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id);
@@ -433,10 +430,10 @@ fn finish(
             FileAlreadyLoaded {
                 name: &candidate.name,
                 file_id,
-                status: &status,
+                status,
             }
             .emit(metrics);
-            let moved = if status == "failed" {
+            let moved = if status == LedgerStatus::Failed {
                 lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id)
             } else {
                 lifecycle::after_loaded(settings, metrics, &candidate.path, &read, file_id)

@@ -6,6 +6,7 @@ use anyhow::Context;
 use tokio_postgres::Transaction;
 
 use crate::internal_events::LineCounts;
+use crate::model::{FileFailure, LedgerStatus};
 use crate::pipeline::FileIdentity;
 
 /// What claiming a file found.
@@ -22,8 +23,8 @@ pub enum Claim {
     Known {
         /// The existing ledger id.
         file_id: i64,
-        /// `loaded` or `failed`.
-        status: String,
+        /// `Loaded` or `Failed`.
+        status: LedgerStatus,
     },
 }
 
@@ -55,9 +56,16 @@ pub async fn claim(
     let inserted = tx
         .query_opt(
             "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by, landed_at) \
-             VALUES ($1, $2, $3, 'loading', $4, $5) \
+             VALUES ($1, $2, $3, $6, $4, $5) \
              ON CONFLICT ON CONSTRAINT ingest_files_content_key DO NOTHING RETURNING file_id",
-            &[&name, &size, &identity.hash.as_slice(), &instance, &landed_at],
+            &[
+                &name,
+                &size,
+                &identity.hash.as_slice(),
+                &instance,
+                &landed_at,
+                &LedgerStatus::Loading,
+            ],
         )
         .await
         .context("cannot insert the ledger entry")?;
@@ -90,7 +98,7 @@ pub async fn finish_loaded(
 ) -> anyhow::Result<()> {
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     tx.execute(
-        "UPDATE ingest_files SET status = 'loaded', lines = $2, accepted = $3, duplicates = $4, \
+        "UPDATE ingest_files SET status = $6, lines = $2, accepted = $3, duplicates = $4, \
          rejected = $5, committed_at = clock_timestamp() WHERE file_id = $1",
         &[
             &file_id,
@@ -98,6 +106,7 @@ pub async fn finish_loaded(
             &n(counts.accepted),
             &n(counts.duplicates),
             &n(counts.rejected),
+            &LedgerStatus::Loaded,
         ],
     )
     .await
@@ -118,16 +127,15 @@ pub async fn record_failed(
     name: &str,
     landed_at: std::time::SystemTime,
     instance: &str,
-    reason: &str,
-    message: &str,
+    failure: &FileFailure,
 ) -> anyhow::Result<i64> {
     let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
     let row = tx
         .query_one(
             "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by, \
              failure_reason, failure_message, landed_at, committed_at) \
-             VALUES ($1, $2, $3, 'failed', $4, $5, $6, $7, clock_timestamp()) \
-             ON CONFLICT ON CONSTRAINT ingest_files_content_key DO UPDATE SET status = 'failed', \
+             VALUES ($1, $2, $3, $8, $4, $5, $6, $7, clock_timestamp()) \
+             ON CONFLICT ON CONSTRAINT ingest_files_content_key DO UPDATE SET status = $8, \
              failure_reason = EXCLUDED.failure_reason, failure_message = EXCLUDED.failure_message, \
              landed_at = COALESCE(ingest_files.landed_at, EXCLUDED.landed_at), \
              committed_at = EXCLUDED.committed_at RETURNING file_id",
@@ -136,14 +144,34 @@ pub async fn record_failed(
                 &size,
                 &identity.hash.as_slice(),
                 &instance,
-                &reason,
-                &message,
+                &failure.code(),
+                &failure.to_string(),
                 &landed_at,
+                &LedgerStatus::Failed,
             ],
         )
         .await
         .context("cannot record the failed file in the ledger")?;
     Ok(row.get(0))
+}
+
+/// Deletes the failed entry of this content, if there is one, so that it can be loaded again
+/// (`ingestor replay`); returns how many entries were deleted (0 or 1).
+///
+/// # Errors
+/// On a database error.
+pub async fn clear_failed(
+    client: &tokio_postgres::Client,
+    identity: &FileIdentity,
+) -> anyhow::Result<u64> {
+    let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
+    client
+        .execute(
+            "DELETE FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2 AND status = $3",
+            &[&identity.hash.as_slice(), &size, &LedgerStatus::Failed],
+        )
+        .await
+        .context("cannot clear the failed ledger entry")
 }
 
 /// Deletes finished ledger entries older than `days` (their rejected rows go with them). The
@@ -155,9 +183,9 @@ pub async fn prune(client: &tokio_postgres::Client, days: u32) -> anyhow::Result
     let days = i32::try_from(days).unwrap_or(i32::MAX);
     client
         .execute(
-            "DELETE FROM ingest_files WHERE status IN ('loaded', 'failed') \
+            "DELETE FROM ingest_files WHERE status IN ($2, $3) \
              AND committed_at < now() - make_interval(days => $1)",
-            &[&days],
+            &[&days, &LedgerStatus::Loaded, &LedgerStatus::Failed],
         )
         .await
         .context("cannot prune the ledger")

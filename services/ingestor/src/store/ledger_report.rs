@@ -4,6 +4,8 @@
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::model::LedgerStatus;
+
 /// How many recent failures the report shows.
 const RECENT_FAILURES: i64 = 5;
 
@@ -55,13 +57,13 @@ pub struct Failure {
 pub async fn summary(client: &tokio_postgres::Client) -> anyhow::Result<LedgerSummary> {
     let totals = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'loaded'), count(*) FILTER (WHERE status = 'failed'), \
-             coalesce(sum(lines) FILTER (WHERE status = 'loaded'), 0)::bigint, \
+            "SELECT count(*) FILTER (WHERE status = $1), count(*) FILTER (WHERE status = $2), \
+             coalesce(sum(lines) FILTER (WHERE status = $1), 0)::bigint, \
              coalesce(sum(accepted), 0)::bigint, coalesce(sum(duplicates), 0)::bigint, \
-             coalesce(sum(rejected) FILTER (WHERE status = 'loaded'), 0)::bigint, \
-             to_char(max(committed_at) FILTER (WHERE status = 'loaded') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             coalesce(sum(rejected) FILTER (WHERE status = $1), 0)::bigint, \
+             to_char(max(committed_at) FILTER (WHERE status = $1) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
              FROM ingest_files",
-            &[],
+            &[&LedgerStatus::Loaded, &LedgerStatus::Failed],
         )
         .await
         .context("cannot read the ledger")?;
@@ -69,8 +71,8 @@ pub async fn summary(client: &tokio_postgres::Client) -> anyhow::Result<LedgerSu
         .query(
             "SELECT file_name, coalesce(failure_reason, ''), coalesce(failure_message, ''), \
              to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
-             FROM ingest_files WHERE status = 'failed' ORDER BY committed_at DESC NULLS LAST LIMIT $1",
-            &[&RECENT_FAILURES],
+             FROM ingest_files WHERE status = $2 ORDER BY committed_at DESC NULLS LAST LIMIT $1",
+            &[&RECENT_FAILURES, &LedgerStatus::Failed],
         )
         .await
         .context("cannot read recent failures")?;

@@ -1116,12 +1116,13 @@ fn through_pipeline(
                     rows.push((rejected.line, Some(rejected.reason.code())));
                 }
             }
-            ReadMessage::Unreadable { reason, message } => {
+            ReadMessage::Unreadable(failure) => {
+                let message = failure.to_string();
                 assert!(
                     !message.contains('\0'),
                     "NUL in a stored failure: {message:?}"
                 );
-                end = Some(Err(reason));
+                end = Some(Err(failure.code()));
             }
             ReadMessage::Done(identity) => end = Some(Ok(identity)),
             ReadMessage::Interrupted(e) => panic!("reading a local file broke off: {e}"),

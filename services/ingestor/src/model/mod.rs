@@ -1,0 +1,9 @@
+//! The types that cross layers: what the source finds, the reader produces, the store writes and
+//! `internal_events` counts. They live below `pipeline/`, `store/` and `internal_events`, so each
+//! of those imports them from here and none imports another to get them.
+
+mod file_failure;
+mod ledger_status;
+
+pub use file_failure::FileFailure;
+pub use ledger_status::LedgerStatus;
