@@ -10,6 +10,7 @@
 //! - [`domain`]: the newtypes ([`EventId`], [`UserId`], [`ProductId`], [`EventType`], [`Price`],
 //!   [`EventTimestamp`]) and the [`Event`] they make up.
 //! - [`reject`]: [`RejectReason`] codes (a bounded set, safe as metric labels) and [`Rejection`].
+//! - [`column`]: the contract's columns, their names and the header line.
 //! - [`layout`]: the CSV header, [`HeaderLayout`] (columns matched by name) and
 //!   [`parse_record`], the single place a record becomes an event.
 //! - [`records`]: [`RecordReader`], which splits bytes into CSV records with their raw text and
@@ -18,6 +19,7 @@
 //! - [`writer`]: [`EventWriter`], which writes events in the canonical layout.
 #![warn(missing_docs)]
 
+pub mod column;
 pub mod domain;
 pub mod layout;
 pub mod reader;
@@ -25,13 +27,12 @@ pub mod records;
 pub mod reject;
 pub mod writer;
 
+pub use column::{Column, COLUMNS, HEADER_LINE};
 pub use domain::{
     Event, EventId, EventTimestamp, EventType, Price, ProductId, UserId, ValidationContext,
     DEFAULT_MAX_FUTURE_SKEW,
 };
-pub use layout::{
-    parse_record, Column, ExtraColumnPolicy, HeaderError, HeaderLayout, COLUMNS, HEADER_LINE,
-};
+pub use layout::{parse_record, ExtraColumnPolicy, HeaderError, HeaderLayout};
 pub use reader::{EventReader, ParsedRow, ReadError, RowRef};
 pub use records::{RawRecord, RecordReader, DEFAULT_MAX_RECORD_BYTES};
 pub use reject::{RejectReason, Rejection};

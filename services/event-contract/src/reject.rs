@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::layout::Column;
+use crate::column::Column;
 
 /// The machine-readable reason a record breaks the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

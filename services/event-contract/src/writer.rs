@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
+use crate::column::COLUMNS;
 use crate::domain::Event;
-use crate::layout::COLUMNS;
 
 /// Writes the header, then one line per event, `\n`-terminated, quoting only where needed.
 pub struct EventWriter<W: Write> {

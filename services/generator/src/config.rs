@@ -3,14 +3,11 @@
 //! start-up with a message naming the key and the value.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
-
-use crate::cli::Cli;
+use service_support::config::{at_least_one, invalid, EnvLayer};
 
 /// Prefix of the environment variables that configure the generator, e.g. `GENERATOR_RATE`.
 pub const ENV_PREFIX: &str = "GENERATOR_";
@@ -115,24 +112,16 @@ pub use service_support::ConfigError;
 ///
 /// # Errors
 /// A [`ConfigError`] naming the key and the value that is wrong.
-pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
-    figment(cli)?
-        .extract::<RawSettings>()
-        .map_err(|e| ConfigError::Layering(Box::new(e)))?
-        .validate()
+pub fn load(config_file: Option<&Path>, flags: &impl Serialize) -> Result<Settings, ConfigError> {
+    service_support::config::layered::<RawSettings>(config_file, ENV, flags)?.validate()
 }
 
-fn figment(cli: &Cli) -> Result<Figment, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
-    if let Some(path) = &cli.config {
-        figment = figment.merge(Toml::file_exact(
-            service_support::existing_file(path).map_err(ConfigError::MissingFile)?,
-        ));
-    }
-    Ok(figment
-        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]))
-        .merge(Serialized::defaults(cli)))
-}
+/// The generator's environment: `GENERATOR_<KEY>`; `GENERATOR_CONFIG` names the TOML file.
+const ENV: EnvLayer<'static> = EnvLayer {
+    prefix: ENV_PREFIX,
+    not_settings: &["config"],
+    aliases: &[],
+};
 
 impl RawSettings {
     /// Checks every value's range.
@@ -140,15 +129,10 @@ impl RawSettings {
     /// # Errors
     /// [`ConfigError::Invalid`] for the first out-of-range key.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let invalid = |key, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
-            key,
-            value: value.to_string(),
-            reason: reason.to_owned(),
-        };
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(invalid(
                 "rate",
-                &self.rate,
+                self.rate,
                 "must be a positive number of events per second",
             ));
         }
@@ -158,26 +142,22 @@ impl RawSettings {
             ("late_ratio", self.late_ratio),
         ] {
             if !(0.0..=1.0).contains(&value) {
-                return Err(invalid(key, &value, "must be between 0 and 1"));
+                return Err(invalid(key, value, "must be between 0 and 1"));
             }
         }
         if self.invalid_ratio + self.duplicate_ratio > 1.0 {
             return Err(invalid(
                 "duplicate_ratio",
-                &self.duplicate_ratio,
+                self.duplicate_ratio,
                 "invalid_ratio + duplicate_ratio must not exceed 1",
             ));
         }
-        for (key, value) in [
+        at_least_one(&[
             ("rows", self.rows),
             ("products", u64::from(self.products)),
             ("users", u64::from(self.users)),
             ("sessions", u64::from(self.sessions)),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, &value, "must be at least 1"));
-            }
-        }
+        ])?;
         let start_time = match &self.start_time {
             None => None,
             Some(raw) => Some(
@@ -223,11 +203,13 @@ impl RawSettings {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
     use clap::Parser;
     use figment::Jail;
 
-    fn cli(args: &[&str]) -> Cli {
-        Cli::parse_from(std::iter::once("generator").chain(args.iter().copied()))
+    fn load_cli(args: &[&str]) -> Result<Settings, ConfigError> {
+        let cli = Cli::parse_from(std::iter::once("generator").chain(args.iter().copied()));
+        load(cli.config.as_deref(), &cli)
     }
 
     #[test]
@@ -236,7 +218,7 @@ mod tests {
             jail.create_file("gen.toml", "rate = 10.0\nrows = 20\nfiles = 30\nseed = 1")?;
             jail.set_env("GENERATOR_ROWS", "200");
             jail.set_env("GENERATOR_FILES", "300");
-            let settings = load(&cli(&["--config", "gen.toml", "--files", "3000"])).unwrap();
+            let settings = load_cli(&["--config", "gen.toml", "--files", "3000"]).unwrap();
             assert_eq!(settings.rate, 10.0, "file beats default");
             assert_eq!(settings.rows, 200, "environment beats file");
             assert_eq!(settings.files, 3000, "flag beats environment");
@@ -250,16 +232,16 @@ mod tests {
     fn listen_defaults_to_loopback_9101_and_layers_like_every_key() {
         Jail::expect_with(|jail| {
             assert_eq!(
-                load(&cli(&[])).unwrap().listen,
+                load_cli(&[]).unwrap().listen,
                 "127.0.0.1:9101".parse().unwrap()
             );
             jail.create_file("gen.toml", "listen = \"0.0.0.0:9200\"")?;
-            let settings = load(&cli(&["--config", "gen.toml"])).unwrap();
+            let settings = load_cli(&["--config", "gen.toml"]).unwrap();
             assert_eq!(settings.listen, "0.0.0.0:9200".parse().unwrap());
             jail.set_env("GENERATOR_LISTEN", "127.0.0.1:9300");
-            let settings = load(&cli(&["--config", "gen.toml"])).unwrap();
+            let settings = load_cli(&["--config", "gen.toml"]).unwrap();
             assert_eq!(settings.listen, "127.0.0.1:9300".parse().unwrap());
-            let settings = load(&cli(&["--listen", "127.0.0.1:0"])).unwrap();
+            let settings = load_cli(&["--listen", "127.0.0.1:0"]).unwrap();
             assert_eq!(settings.listen.port(), 0, "flag beats environment");
             Ok(())
         });
@@ -269,7 +251,7 @@ mod tests {
     fn a_badly_typed_value_names_key_and_value() {
         Jail::expect_with(|jail| {
             jail.set_env("GENERATOR_RATE", "fast");
-            let err = load(&cli(&[])).unwrap_err().to_string();
+            let err = load_cli(&[]).unwrap_err().to_string();
             assert!(
                 err.to_lowercase().contains("rate") && err.contains("\"fast\""),
                 "{err}"
@@ -297,7 +279,7 @@ mod tests {
                 "0.5",
             ),
         ] {
-            let err = load(&cli(args)).unwrap_err().to_string();
+            let err = load_cli(args).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}` = `{value}`")), "{err}");
         }
     }
@@ -306,11 +288,9 @@ mod tests {
     fn unknown_keys_and_missing_files_are_errors() {
         Jail::expect_with(|jail| {
             jail.create_file("gen.toml", "rat = 10.0")?;
-            let err = load(&cli(&["--config", "gen.toml"]))
-                .unwrap_err()
-                .to_string();
+            let err = load_cli(&["--config", "gen.toml"]).unwrap_err().to_string();
             assert!(err.contains("rat"), "{err}");
-            let err = load(&cli(&["--config", "nope.toml"]))
+            let err = load_cli(&["--config", "nope.toml"])
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("nope.toml"), "{err}");

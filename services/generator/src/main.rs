@@ -13,7 +13,7 @@ use service_support::ReadyFile;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match config::load(&cli) {
+    let settings = match config::load(cli.config.as_deref(), &cli) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("generator: {e}");

@@ -17,7 +17,6 @@
 //! route to a server, not the server, and the schema has no row of its own to name the database
 //! by, see [`read_identity`]).
 
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,30 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::internal_events::{DatabaseIdentityUnavailable, DirectoryClaimed, Metrics};
+use crate::model::{DatabaseIdentity, DirectoryClaim};
 use crate::store::Pool;
 
 /// The marker's file name in the input directory. Hidden, so discovery never takes it for an
 /// event file.
 pub const MARKER_NAME: &str = ".ingestor-database";
-
-/// The database a directory's files are loaded into.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseIdentity {
-    /// The server's `pg_control_system().system_identifier`.
-    pub system_identifier: i64,
-    /// The database's name on that server.
-    pub database: String,
-}
-
-impl fmt::Display for DatabaseIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "database `{}` on the server with system identifier {}",
-            self.database, self.system_identifier
-        )
-    }
-}
 
 impl DatabaseIdentity {
     /// The marker's content: a comment for whoever finds the file, then `key=value` lines.
@@ -115,25 +96,6 @@ pub enum ClaimError {
     },
 }
 
-/// What [`claim`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// There was no marker; this ingestor wrote one.
-    Written,
-    /// The marker names this ingestor's database.
-    Confirmed,
-}
-
-impl Claim {
-    /// `written` or `confirmed`, for the log.
-    pub fn code(self) -> &'static str {
-        match self {
-            Claim::Written => "written",
-            Claim::Confirmed => "confirmed",
-        }
-    }
-}
-
 /// The marker's path in `dir`.
 pub fn marker_path(dir: &Path) -> PathBuf {
     dir.join(MARKER_NAME)
@@ -148,22 +110,22 @@ pub fn marker_path(dir: &Path) -> PathBuf {
 /// # Errors
 /// A [`ClaimError`] when the marker names another database or cannot be read, an I/O error when
 /// it cannot be read or written.
-pub fn claim(dir: &Path, ours: &DatabaseIdentity) -> anyhow::Result<Claim> {
+pub fn claim(dir: &Path, ours: &DatabaseIdentity) -> anyhow::Result<DirectoryClaim> {
     let marker = marker_path(dir);
     let written = match std::fs::read_to_string(&marker) {
-        Ok(text) => return compare(dir, &marker, &text, ours).map(|()| Claim::Confirmed),
+        Ok(text) => return compare(dir, &marker, &text, ours).map(|()| DirectoryClaim::Confirmed),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new(dir, &marker, ours)?,
         Err(e) => {
             return Err(e).with_context(|| format!("cannot read {}", marker.display()));
         }
     };
     if written {
-        return Ok(Claim::Written);
+        return Ok(DirectoryClaim::Written);
     }
     // Another ingestor linked its marker first: compare with that one.
     let text = std::fs::read_to_string(&marker)
         .with_context(|| format!("cannot read {}", marker.display()))?;
-    compare(dir, &marker, &text, ours).map(|()| Claim::Confirmed)
+    compare(dir, &marker, &text, ours).map(|()| DirectoryClaim::Confirmed)
 }
 
 fn compare(dir: &Path, marker: &Path, text: &str, ours: &DatabaseIdentity) -> anyhow::Result<()> {
@@ -318,11 +280,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
             claim(dir.path(), &identity(7, "events")).unwrap(),
-            Claim::Written
+            DirectoryClaim::Written
         );
         assert_eq!(
             claim(dir.path(), &identity(7, "events")).unwrap(),
-            Claim::Confirmed
+            DirectoryClaim::Confirmed
         );
         for other in [identity(8, "events"), identity(7, "other")] {
             let err = claim(dir.path(), &other).unwrap_err().to_string();

@@ -8,11 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use event_contract::ExtraColumnPolicy;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
-
-use crate::cli::GlobalArgs;
+use service_support::config::{at_least_one, invalid, EnvLayer};
 
 /// Prefix of the environment variables that configure the ingestor, e.g. `INGESTOR_INPUT_DIR`.
 pub const ENV_PREFIX: &str = "INGESTOR_";
@@ -234,41 +231,23 @@ pub struct Settings {
 
 pub use service_support::ConfigError;
 
-/// Layers defaults, the TOML file, the environment and the flags, then validates.
+/// Layers defaults, the TOML file, the environment and the flags, then validates. `flags` are the command line's settings (a serializable struct whose unset fields are
+/// skipped); `config_file` the TOML file named by `--config`.
 ///
 /// # Errors
 /// A [`ConfigError`] naming the key and the value that is wrong.
-pub fn load(args: &GlobalArgs) -> Result<Settings, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
-    if let Some(path) = &args.config {
-        figment = figment.merge(Toml::file_exact(
-            service_support::existing_file(path).map_err(ConfigError::MissingFile)?,
-        ));
-    }
-    figment
-        .merge(
-            Env::raw()
-                .only(&["DATABASE_URL"])
-                .map(|_| "database_url".into()),
-        )
-        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config", "backtrace"]))
-        .merge(Serialized::defaults(args))
-        .extract::<RawSettings>()
-        .map_err(|e| ConfigError::Layering(Box::new(e)))?
-        .validate()
+pub fn load(config_file: Option<&Path>, flags: &impl Serialize) -> Result<Settings, ConfigError> {
+    service_support::config::layered::<RawSettings>(config_file, ENV, flags)?.validate()
 }
 
-fn invalid(
-    key: &'static str,
-    value: impl std::fmt::Display,
-    reason: impl Into<String>,
-) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
-}
+/// The ingestor's environment: `INGESTOR_<KEY>`, and `DATABASE_URL` (the variable every
+/// PostgreSQL tool knows) for `database_url`. `INGESTOR_CONFIG` and `INGESTOR_BACKTRACE` are
+/// read before the settings are, so they are not keys.
+const ENV: EnvLayer<'static> = EnvLayer {
+    prefix: ENV_PREFIX,
+    not_settings: &["config", "backtrace"],
+    aliases: &[("DATABASE_URL", "database_url")],
+};
 
 /// Masks the password in a connection string (URL or key=value form) for logs and errors.
 pub fn mask_password(url: &str) -> String {
@@ -331,7 +310,7 @@ impl RawSettings {
                 ));
             }
         }
-        for (key, value) in [
+        at_least_one(&[
             ("rescan_interval_ms", self.rescan_interval_ms),
             ("max_line_bytes", self.max_line_bytes as u64),
             ("chunk_rows", self.chunk_rows as u64),
@@ -341,11 +320,7 @@ impl RawSettings {
             ("pool_size", u64::from(self.pool_size)),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("retry_initial_ms", self.retry_initial_ms),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, value, "must be at least 1"));
-            }
-        }
+        ])?;
         if (self.pool_size as usize) <= self.loaders {
             return Err(invalid(
                 "pool_size",
@@ -500,8 +475,10 @@ mod tests {
     use clap::Parser;
     use figment::Jail;
 
-    fn args(flags: &[&str]) -> GlobalArgs {
-        crate::cli::Cli::parse_from(std::iter::once("ingestor").chain(flags.iter().copied())).global
+    fn load_args(flags: &[&str]) -> Result<Settings, ConfigError> {
+        let cli =
+            crate::cli::Cli::parse_from(std::iter::once("ingestor").chain(flags.iter().copied()));
+        load(cli.global.config.as_deref(), &cli.global)
     }
 
     #[test]
@@ -514,7 +491,7 @@ mod tests {
             jail.set_env("INGESTOR_CHUNK_ROWS", "20");
             jail.set_env("INGESTOR_INPUT_DIR", "/from/env");
             jail.set_env("DATABASE_URL", "postgres://u:secret@db:5432/x");
-            let s = load(&args(&["--config", "i.toml", "--input-dir", "/from/flag"])).unwrap();
+            let s = load_args(&["--config", "i.toml", "--input-dir", "/from/flag"]).unwrap();
             assert_eq!(s.pool_size, 9, "file beats default");
             assert_eq!(s.chunk_rows, 20, "environment beats file");
             assert_eq!(
@@ -532,22 +509,22 @@ mod tests {
     fn bad_values_name_the_key_and_the_value() {
         Jail::expect_with(|jail| {
             jail.set_env("INGESTOR_LISTEN", "nowhere");
-            let err = load(&args(&[])).unwrap_err().to_string();
+            let err = load_args(&[]).unwrap_err().to_string();
             assert!(err.contains("`listen` = `nowhere`"), "{err}");
             jail.set_env("INGESTOR_LISTEN", "127.0.0.1:0");
             jail.set_env("INGESTOR_CHUNK_ROWS", "many");
-            let err = load(&args(&[])).unwrap_err().to_string();
+            let err = load_args(&[]).unwrap_err().to_string();
             assert!(
                 err.to_lowercase().contains("chunk_rows") && err.contains("many"),
                 "{err}"
             );
             jail.set_env("INGESTOR_CHUNK_ROWS", "10");
             jail.set_env("INGESTOR_ARCHIVE_DIR", "data/incoming");
-            let err = load(&args(&[])).unwrap_err().to_string();
+            let err = load_args(&[]).unwrap_err().to_string();
             assert!(err.contains("`archive_dir` = `data/incoming`"), "{err}");
             jail.set_env("INGESTOR_ARCHIVE_DIR", "data/done");
             jail.set_env("INGESTOR_MAX_REJECT_RATIO", "2");
-            let err = load(&args(&[])).unwrap_err().to_string();
+            let err = load_args(&[]).unwrap_err().to_string();
             assert!(err.contains("`max_reject_ratio` = `2`"), "{err}");
             jail.set_env("INGESTOR_MAX_REJECT_RATIO", "0.5");
             Ok(())
@@ -564,9 +541,9 @@ mod tests {
             ] {
                 let env = format!("INGESTOR_{}", key.to_uppercase());
                 jail.set_env(&env, "2147483647");
-                assert!(load(&args(&[])).is_ok(), "{key} at INT_MAX is accepted");
+                assert!(load_args(&[]).is_ok(), "{key} at INT_MAX is accepted");
                 jail.set_env(&env, "99999999999");
-                let err = load(&args(&[])).unwrap_err().to_string();
+                let err = load_args(&[]).unwrap_err().to_string();
                 assert!(
                     err.contains(&format!("`{key}` = `99999999999`")) && err.contains("2147483647"),
                     "{err}"
@@ -574,7 +551,7 @@ mod tests {
                 jail.set_env(&env, "0");
             }
             jail.set_env("INGESTOR_LEDGER_RETENTION_DAYS", "4000000");
-            let err = load(&args(&[])).unwrap_err().to_string();
+            let err = load_args(&[]).unwrap_err().to_string();
             assert!(err.contains("`ledger_retention_days` = `4000000`"), "{err}");
             Ok(())
         });
@@ -585,10 +562,10 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("pw", "s3cret\n")?;
             jail.set_env("INGESTOR_DATABASE_PASSWORD_FILE", "pw");
-            let settings = load(&args(&[])).unwrap();
+            let settings = load_args(&[]).unwrap();
             assert_eq!(settings.database.get_password(), Some(&b"s3cret"[..]));
             jail.set_env("INGESTOR_DATABASE_PASSWORD_FILE", "missing");
-            let err = load(&args(&[])).unwrap_err().to_string();
+            let err = load_args(&[]).unwrap_err().to_string();
             assert!(
                 err.contains("`database_password_file` = `missing`"),
                 "{err}"
@@ -611,7 +588,7 @@ mod tests {
                 ("FAILED_DIR", "in/missing/.."),
             ] {
                 jail.set_env(format!("INGESTOR_{key}"), value);
-                let err = load(&args(&[])).unwrap_err().to_string();
+                let err = load_args(&[]).unwrap_err().to_string();
                 let key = key.to_lowercase();
                 assert!(err.contains(&format!("`{key}` = `{value}`")), "{err}");
                 assert!(err.contains("must differ from input_dir (in)"), "{err}");
@@ -619,7 +596,7 @@ mod tests {
             }
             // A sibling whose name merely starts alike is another directory.
             jail.set_env("INGESTOR_ARCHIVE_DIR", "in/../in2");
-            load(&args(&[])).unwrap();
+            load_args(&[]).unwrap();
             Ok(())
         });
     }

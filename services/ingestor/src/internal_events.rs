@@ -13,8 +13,9 @@ use prometheus::{
 };
 use service_support::{counter_vec, histogram, register};
 
-use crate::model::{FileFailure, LedgerStatus};
-use crate::pipeline::FileChange;
+use crate::model::{
+    DatabaseIdentity, DirectoryClaim, FileChange, FileFailure, LedgerStatus, LineCounts,
+};
 
 /// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need, dense where a healthy
 /// ingestor commits (10 to 50 ms) so that its quantiles read close to the ledger's exact ones.
@@ -251,19 +252,6 @@ impl Metrics {
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
-}
-
-/// A file's line accounting: every data line lands in exactly one bucket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LineCounts {
-    /// Data lines (records) read, header excluded.
-    pub lines: u64,
-    /// Inserted into `events`.
-    pub accepted: u64,
-    /// Valid, but the event_id was already stored (or repeated in the file).
-    pub duplicates: u64,
-    /// Broke the contract; stored in `rejected_rows`.
-    pub rejected: u64,
 }
 
 /// A file committed with its rows.
@@ -753,9 +741,9 @@ pub struct DirectoryClaimed<'a> {
     /// The input directory.
     pub dir: &'a std::path::Path,
     /// This ingestor's database.
-    pub identity: &'a crate::claim::DatabaseIdentity,
+    pub identity: &'a DatabaseIdentity,
     /// Written or confirmed.
-    pub claim: crate::claim::Claim,
+    pub claim: DirectoryClaim,
 }
 
 impl DirectoryClaimed<'_> {

@@ -31,7 +31,8 @@ use rustix::fs::{renameat_with, RenameFlags, CWD};
 
 use crate::config::{resolved, AfterLoad, Settings};
 use crate::internal_events::{DirectoryRecreated, Metrics};
-use crate::pipeline::{reader, FileChange, FileStamp};
+use crate::model::{FileChange, FileStamp};
+use crate::source::open_regular;
 
 /// Names tried in a directory before giving up: `name`, `stem.<id>.ext`, `stem.<id>.2.ext`, …
 /// Only a directory already holding that many files of one name and id exhausts them.
@@ -317,7 +318,7 @@ fn copy_across(
     let Some(name) = path.file_name() else {
         return Ok(Finished::Gone);
     };
-    let mut source = match reader::open_regular(path) {
+    let mut source = match open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Finished::Gone),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 
 async fn run_command() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match config::load(&cli.global) {
+    let settings = match config::load(cli.global.config.as_deref(), &cli.global) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("ingestor: {e}");

@@ -7,9 +7,9 @@
 //!   colours only on a terminal.
 //! - [`configure_backtraces`] and [`end_quietly_on_closed_stdout`]: backtraces only when the
 //!   service's own setting asks, and no panic when a reader closes standard output early.
-//! - [`existing_file`]: the check that a configuration file named on the command line exists
-//!   (figment silently ignores a missing file, which would hide a typo).
-//! - [`ConfigError`]: why a configuration cannot be used, naming the key and the value.
+//! - [`config`]: the layering both services' settings share (defaults < TOML file <
+//!   environment < flags), [`ConfigError`] naming the key and the value, and the range checks
+//!   both use.
 //! - [`register`], [`counter_vec`], [`histogram`]: metric registration in a service-owned
 //!   `prometheus::Registry`, labelled series pre-created at 0.
 //! - [`ReadyFile`]: the file a service writes its bound address to (`--ready-file`), so whoever
@@ -19,15 +19,17 @@
 //!   subcommands container health checks run (the images have no curl).
 #![warn(missing_docs)]
 
+pub mod config;
 mod ready_file;
 mod shutdown;
 
+pub use config::ConfigError;
 pub use ready_file::ReadyFile;
 pub use shutdown::shutdown_signal;
 
 use std::io::{IsTerminal, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
@@ -99,39 +101,6 @@ pub fn end_quietly_on_closed_stdout() {
         }
         previous(info);
     }));
-}
-
-/// `path` if it names an existing file.
-///
-/// # Errors
-/// The path, when there is no such file.
-pub fn existing_file(path: &Path) -> Result<&Path, PathBuf> {
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(path.to_owned())
-    }
-}
-
-/// Why a service's configuration cannot be used; `main` prints it and exits 2.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The named configuration file does not exist.
-    #[error("configuration file `{0}` does not exist")]
-    MissingFile(PathBuf),
-    /// A value could not be read as the key's type (figment names key, value and source).
-    #[error("invalid configuration: {0}")]
-    Layering(#[from] Box<figment::Error>),
-    /// A value has the right type but is unusable.
-    #[error("invalid configuration: key `{key}` = `{value}`: {reason}")]
-    Invalid {
-        /// The configuration key.
-        key: &'static str,
-        /// The offending value as given (passwords masked).
-        value: String,
-        /// What a valid value looks like.
-        reason: String,
-    },
 }
 
 /// Registers `metric` in `registry` and hands it back.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::layout::Column;
+use crate::column::Column;
 use crate::reject::{RejectReason, Rejection};
 
 use super::ids::require;

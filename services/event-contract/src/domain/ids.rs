@@ -4,7 +4,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use crate::layout::Column;
+use crate::column::Column;
 use crate::reject::{RejectReason, Rejection};
 
 /// The event's globally unique id (a UUID of any version).

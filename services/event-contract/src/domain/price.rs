@@ -4,7 +4,7 @@ use std::fmt;
 
 use rust_decimal::Decimal;
 
-use crate::layout::Column;
+use crate::column::Column;
 use crate::reject::{RejectReason, Rejection};
 
 /// A unit price: exact, `0 <= price < 1,000,000`, at most 2 fraction digits (fits `numeric(8,2)`).

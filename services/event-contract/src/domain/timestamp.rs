@@ -4,7 +4,7 @@ use std::fmt;
 
 use chrono::{DateTime, Duration, SecondsFormat, SubsecRound, Utc};
 
-use crate::layout::Column;
+use crate::column::Column;
 use crate::reject::{RejectReason, Rejection};
 
 use super::ids::require;

@@ -2,8 +2,14 @@
 //! `internal_events` counts. They live below `pipeline/`, `store/` and `internal_events`, so each
 //! of those imports them from here and none imports another to get them.
 
+mod directory_claim;
+mod file;
 mod file_failure;
 mod ledger_status;
+mod rows;
 
+pub use directory_claim::{DatabaseIdentity, DirectoryClaim};
+pub use file::{FileChange, FileIdentity, FileStamp};
 pub use file_failure::FileFailure;
 pub use ledger_status::LedgerStatus;
+pub use rows::{LineCounts, LineEvent, RejectedRow};

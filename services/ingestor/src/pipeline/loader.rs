@@ -14,10 +14,8 @@ use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
 use super::reader::{self, count_by_reason, OpenedFile, ReadMessage, ReadOptions};
-use super::{FileIdentity, FileStamp};
 use crate::config::Settings;
-use crate::internal_events::LineCounts;
-use crate::model::{FileFailure, LedgerStatus};
+use crate::model::{FileFailure, FileIdentity, FileStamp, LedgerStatus, LineCounts};
 use crate::source::Candidate;
 use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
@@ -181,7 +179,7 @@ pub async fn load_batch(
         let outcome = match current {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
             // Swapped after the scan for a link or a FIFO or device: never read through it.
-            Err(e) => match reader::refusal(&e) {
+            Err(e) => match crate::source::refusal(&e) {
                 Some(kind) => FileOutcome::Refused {
                     kind,
                     message: e.to_string(),

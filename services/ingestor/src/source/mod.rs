@@ -3,6 +3,10 @@
 //! after writing; a periodic rescan catches everything else (files present at start-up, missed
 //! events, filesystems without inotify).
 
+mod open;
+
+pub use open::{open_regular, refusal};
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use event_contract::{Event, RejectReason};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -18,6 +17,7 @@ use uuid::Uuid;
 
 use super::pool::has_sqlstate;
 use super::recent_ids::{CommittedIds, RecentIds};
+use crate::model::{LineEvent, RejectedRow};
 
 const COPY_EVENTS: &str = "COPY events (event_id, user_id, product_id, event_type, price, \
     event_timestamp, source_file_id, source_line) FROM STDIN (FORMAT binary)";
@@ -72,28 +72,6 @@ impl CopyNotStarted {
     pub fn caused(error: &anyhow::Error) -> bool {
         error.downcast_ref::<CopyNotStarted>().is_some()
     }
-}
-
-/// A row that broke the contract, ready for `rejected_rows`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RejectedRow {
-    /// 1-based line where the record starts.
-    pub line: u64,
-    /// The raw text, valid UTF-8 without NUL bytes (what a `text` column can hold).
-    pub raw: String,
-    /// Why.
-    pub reason: RejectReason,
-    /// Explanation.
-    pub message: String,
-}
-
-/// A valid event and the line it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineEvent {
-    /// The event.
-    pub event: Event,
-    /// 1-based line where the record starts.
-    pub line: u64,
 }
 
 /// How often a chunk is retried after a unique violation before the transaction gives up (each

@@ -5,9 +5,7 @@
 use anyhow::Context;
 use tokio_postgres::Transaction;
 
-use crate::internal_events::LineCounts;
-use crate::model::{FileFailure, LedgerStatus};
-use crate::pipeline::FileIdentity;
+use crate::model::{FileFailure, FileIdentity, LedgerStatus, LineCounts};
 
 /// What claiming a file found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use chrono::{SecondsFormat, Utc};
 use event_contract::{
     EventReader, ExtraColumnPolicy, ValidationContext, DEFAULT_MAX_RECORD_BYTES, HEADER_LINE,
 };
+use ingestor::model::FileIdentity;
 use ingestor::pipeline::reader::{read_rows, ReadMessage, ReadOptions};
-use ingestor::pipeline::FileIdentity;
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
