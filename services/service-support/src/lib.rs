@@ -10,8 +10,9 @@
 //! - [`existing_file`]: the check that a configuration file named on the command line exists
 //!   (figment silently ignores a missing file, which would hide a typo).
 //! - [`ConfigError`]: why a configuration cannot be used, naming the key and the value.
-//! - [`register`], [`counter_vec`], [`histogram`]: metric registration in a service-owned
-//!   `prometheus::Registry`, labelled series pre-created at 0.
+//! - [`register`], [`counter_vec`], [`histogram`], [`register_process_metrics`]: metric
+//!   registration in a service-owned `prometheus::Registry`, labelled series pre-created at 0,
+//!   and the process collector.
 //! - [`health_status`]: one GET against a service's own health endpoint, for the `healthcheck`
 //!   subcommands container health checks run (the images have no curl).
 #![warn(missing_docs)]
@@ -170,6 +171,24 @@ pub fn histogram(
         registry,
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
     )
+}
+
+/// Registers the process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, ...) in a service's own
+/// registry, so each service reports its own CPU, memory, descriptors and restarts (a new start
+/// time) under its scrape job. Linux only (it reads `/proc/self`); elsewhere nothing is
+/// registered.
+///
+/// # Errors
+/// Only on a programming error (registered twice in one registry).
+pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = registry;
+    Ok(())
 }
 
 /// The HTTP status of `GET path` on a service's own listen address (an unspecified address such

@@ -1,5 +1,6 @@
 //! The loading loops: scan, load a batch, finish its files, repeat; back off on database errors;
-//! stop taking work on shutdown.
+//! stop taking work on shutdown. Beside them, one housekeeping loop reports the backlog and
+//! prunes the ledger on its own clock.
 //!
 //! Several loops run side by side (`loaders`, default 2), each with its own connection and
 //! transaction, on disjoint files (an in-process in-flight set hands each file to one loop).
@@ -21,9 +22,9 @@ use super::loader::{load_batch, within_byte_budget, FileOutcome, LoadedFile};
 use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
-    BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
-    FileLoaded, FileMovedAs, FileRefused, FileVanished, FutureModificationTimeSeen, LoadingBlocked,
-    Metrics,
+    BacklogObserved, BatchCommitted, BatchEnded, DatabaseFailed, FileAlreadyLoaded, FileChanged,
+    FileFailed, FileLoaded, FileMovedAs, FileRefused, FileVanished, FutureModificationTimeSeen,
+    LoadingBlocked, Metrics, DATABASE_REJECTED,
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
@@ -101,9 +102,16 @@ pub async fn run(
         committed: CommittedIds::new(settings.dedup_memory_ids),
     });
     let mut loops = JoinSet::new();
-    for index in 0..settings.loaders {
+    state.metrics.set_loaders(settings.loaders);
+    loops.spawn(housekeeping(
+        settings.clone(),
+        pool.clone(),
+        shared.clone(),
+        state.metrics.clone(),
+        cancel.clone(),
+    ));
+    for _ in 0..settings.loaders {
         let context = LoopContext {
-            index,
             settings: settings.clone(),
             pool: pool.clone(),
             shared: shared.clone(),
@@ -129,7 +137,6 @@ pub async fn run(
 
 /// One loop's handles.
 struct LoopContext {
-    index: usize,
     settings: Arc<Settings>,
     pool: Pool,
     shared: Arc<Shared>,
@@ -139,7 +146,6 @@ struct LoopContext {
 
 async fn run_loop(ctx: LoopContext) {
     let LoopContext {
-        index,
         settings,
         pool,
         shared,
@@ -148,7 +154,6 @@ async fn run_loop(ctx: LoopContext) {
     } = ctx;
     let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
     let mut skipped: HashMap<PathBuf, Instant> = HashMap::new();
-    let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
     let mut changes = shared.discovery.subscribe();
     while !cancel.is_cancelled() {
@@ -156,17 +161,7 @@ async fn run_loop(ctx: LoopContext) {
             tracing::error!(error = %e, "Cannot list the input directory");
             Scan::default()
         });
-        for file in &scan.future {
-            FutureModificationTimeSeen {
-                name: &file.name,
-                modified: file.modified,
-            }
-            .emit(&state.metrics);
-        }
-        if index == 0 {
-            observe_backlog(&scan, &state.metrics);
-            prune_if_due(&settings, &pool, &mut last_prune).await;
-        }
+        report_future_mtimes(&scan, &state.metrics);
         skipped.retain(|_, until| *until > Instant::now());
         if scan.ready.is_empty() {
             state.blocker.clear();
@@ -186,9 +181,15 @@ async fn run_loop(ctx: LoopContext) {
         };
         let batch = claimed.files();
         let started = Instant::now();
-        match load_batch(&settings, &pool, batch, &cancel, &shared.committed).await {
+        let loaded = load_batch(&settings, &pool, batch, &cancel, &shared.committed).await;
+        BatchEnded {
+            busy: started.elapsed(),
+        }
+        .emit(&state.metrics);
+        match loaded {
             Ok(outcomes) => {
                 state.database_ok.store(true, Ordering::Relaxed);
+                state.metrics.set_database_up(true);
                 state.metrics.set_ready(true);
                 state.blocker.clear();
                 backoff.reset();
@@ -203,6 +204,7 @@ async fn run_loop(ctx: LoopContext) {
                 }
             }
             Err(error) if classify(&error) == Failure::RowData => {
+                state.metrics.set_database_up(true);
                 // The database is up but refuses some file's rows: narrow it down to the file
                 // and set that file aside, instead of retrying the same batch forever.
                 match breaker.failed(batch) {
@@ -218,7 +220,12 @@ async fn run_loop(ctx: LoopContext) {
                 state.database_ok.store(false, Ordering::Relaxed);
                 state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
-                if let Failure::Blocking(db) = classify(&error) {
+                let failure = classify(&error);
+                // A blocking error is the database's own answer; anything else may not be.
+                state
+                    .metrics
+                    .set_database_up(matches!(failure, Failure::Blocking(_)));
+                if let Failure::Blocking(db) = failure {
                     // No file is to blame and no retry fixes it: say why on /readyz, and keep
                     // backing off (never quarantining) until an operator has fixed it.
                     let reason = format!(
@@ -361,7 +368,7 @@ async fn quarantine(
             &candidate.name,
             candidate.modified,
             &settings.instance_id,
-            "database_rejected",
+            DATABASE_REJECTED,
             &message,
         )
         .await?;
@@ -373,7 +380,7 @@ async fn quarantine(
         Ok((file_id, read)) => {
             FileFailed {
                 name: &candidate.name,
-                reason: "database_rejected",
+                reason: DATABASE_REJECTED,
                 message: &message,
             }
             .emit(metrics);
@@ -524,16 +531,51 @@ fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
     .emit(metrics);
 }
 
+/// Reports the backlog and prunes the ledger every `rescan_interval`, on its own task: done by a
+/// loader loop, both would wait for that loop's transaction, and the backlog gauges would
+/// freeze exactly when loading is slow.
+async fn housekeeping(
+    settings: Arc<Settings>,
+    pool: Pool,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut last_prune: Option<Instant> = None;
+    while !cancel.is_cancelled() {
+        // A listing error is logged by the loader loops, which scan as often.
+        if let Ok(scan) = shared.discovery.scan() {
+            report_future_mtimes(&scan, &metrics);
+            observe_backlog(&scan, &metrics);
+        }
+        prune_if_due(&settings, &pool, &mut last_prune).await;
+        tokio::select! {
+            () = tokio::time::sleep(settings.rescan_interval) => {}
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// Files a scan saw for the first time with a modification time in the future (each is in one
+/// scan's list only, whichever loop listed it first).
+fn report_future_mtimes(scan: &Scan, metrics: &Metrics) {
+    for file in &scan.future {
+        FutureModificationTimeSeen {
+            name: &file.name,
+            modified: file.modified,
+        }
+        .emit(metrics);
+    }
+}
+
 fn observe_backlog(scan: &Scan, metrics: &Metrics) {
-    let oldest = scan.waiting.first().map(|c| {
-        SystemTime::now()
-            .duration_since(c.modified)
-            .unwrap_or_default()
-    });
     BacklogObserved {
         files: scan.waiting.len(),
         bytes: scan.waiting.iter().map(|c| c.size).sum(),
-        oldest_age: oldest.unwrap_or_default(),
+        oldest_landed: scan
+            .waiting
+            .first()
+            .map_or_else(SystemTime::now, |c| c.modified),
     }
     .emit(metrics);
 }
