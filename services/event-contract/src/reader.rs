@@ -201,10 +201,9 @@ mod unreadable_codes_tests {
             HeaderError::TooLong(0),
             HeaderError::UnterminatedQuote,
         ];
-        let codes: Vec<&str> = header
+        let codes: Vec<&str> = [ReadError::Empty.code()]
             .into_iter()
-            .map(|e| ReadError::Header(e).code())
-            .chain([ReadError::Empty.code()])
+            .chain(header.into_iter().map(|e| ReadError::Header(e).code()))
             .collect();
         assert_eq!(codes, ReadError::UNREADABLE_CODES);
     }

@@ -1,6 +1,6 @@
 //! The loading loops: scan, load a batch, finish its files, repeat; back off on database errors;
-//! stop taking work on shutdown. Beside them, one housekeeping loop reports the backlog and
-//! prunes the ledger on its own clock.
+//! stop taking work on shutdown. Beside them, one housekeeping loop reports the backlog on its
+//! own clock.
 //!
 //! Several loops run side by side (`loaders`, default 2), each with its own connection and
 //! transaction, on disjoint files (an in-process in-flight set hands each file to one loop).
@@ -28,7 +28,7 @@ use crate::internal_events::{
 };
 use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
-use crate::store::pool::{classify, Failure};
+use crate::store::pool::{classify, reached_database, Failure};
 use crate::store::recent_ids::CommittedIds;
 use crate::store::{ledger, Pool};
 
@@ -105,13 +105,13 @@ pub async fn run(
     state.metrics.set_loaders(settings.loaders);
     loops.spawn(housekeeping(
         settings.clone(),
-        pool.clone(),
         shared.clone(),
         state.metrics.clone(),
         cancel.clone(),
     ));
-    for _ in 0..settings.loaders {
+    for index in 0..settings.loaders {
         let context = LoopContext {
+            index,
             settings: settings.clone(),
             pool: pool.clone(),
             shared: shared.clone(),
@@ -137,6 +137,7 @@ pub async fn run(
 
 /// One loop's handles.
 struct LoopContext {
+    index: usize,
     settings: Arc<Settings>,
     pool: Pool,
     shared: Arc<Shared>,
@@ -146,6 +147,7 @@ struct LoopContext {
 
 async fn run_loop(ctx: LoopContext) {
     let LoopContext {
+        index,
         settings,
         pool,
         shared,
@@ -154,6 +156,7 @@ async fn run_loop(ctx: LoopContext) {
     } = ctx;
     let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
     let mut skipped: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
     let mut changes = shared.discovery.subscribe();
     while !cancel.is_cancelled() {
@@ -162,6 +165,9 @@ async fn run_loop(ctx: LoopContext) {
             Scan::default()
         });
         report_future_mtimes(&scan, &state.metrics);
+        if index == 0 {
+            prune_if_due(&settings, &pool, &mut last_prune).await;
+        }
         skipped.retain(|_, until| *until > Instant::now());
         if scan.ready.is_empty() {
             state.blocker.clear();
@@ -220,12 +226,8 @@ async fn run_loop(ctx: LoopContext) {
                 state.database_ok.store(false, Ordering::Relaxed);
                 state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
-                let failure = classify(&error);
-                // A blocking error is the database's own answer; anything else may not be.
-                state
-                    .metrics
-                    .set_database_up(matches!(failure, Failure::Blocking(_)));
-                if let Failure::Blocking(db) = failure {
+                state.metrics.set_database_up(reached_database(&error));
+                if let Failure::Blocking(db) = classify(&error) {
                     // No file is to blame and no retry fixes it: say why on /readyz, and keep
                     // backing off (never quarantining) until an operator has fixed it.
                     let reason = format!(
@@ -531,24 +533,21 @@ fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
     .emit(metrics);
 }
 
-/// Reports the backlog and prunes the ledger every `rescan_interval`, on its own task: done by a
-/// loader loop, both would wait for that loop's transaction, and the backlog gauges would
-/// freeze exactly when loading is slow.
+/// Reports the backlog every `rescan_interval`, on its own task: done by a loader loop, it would
+/// wait for that loop's transaction, and the backlog gauges would freeze exactly when loading is
+/// slow. (Pruning the ledger stays with the first loader loop: it is rare and short.)
 async fn housekeeping(
     settings: Arc<Settings>,
-    pool: Pool,
     shared: Arc<Shared>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    let mut last_prune: Option<Instant> = None;
     while !cancel.is_cancelled() {
         // A listing error is logged by the loader loops, which scan as often.
         if let Ok(scan) = shared.discovery.scan() {
             report_future_mtimes(&scan, &metrics);
             observe_backlog(&scan, &metrics);
         }
-        prune_if_due(&settings, &pool, &mut last_prune).await;
         tokio::select! {
             () = tokio::time::sleep(settings.rescan_interval) => {}
             () = cancel.cancelled() => {}

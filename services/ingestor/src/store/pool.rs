@@ -334,6 +334,12 @@ pub fn classify(error: &anyhow::Error) -> Failure<'_> {
     }
 }
 
+/// Whether PostgreSQL itself answered with an error somewhere in the chain (it was reached),
+/// as opposed to a connection that could not be opened, timed out or was lost.
+pub fn reached_database(error: &anyhow::Error) -> bool {
+    sqlstates(error).next().is_some()
+}
+
 /// Whether PostgreSQL answered `state` somewhere in the error's chain.
 pub fn has_sqlstate(error: &anyhow::Error, state: &SqlState) -> bool {
     sqlstates(error).any(|code| code == state)
