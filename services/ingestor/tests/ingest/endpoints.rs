@@ -265,12 +265,18 @@ async fn readiness_turns_503_when_the_database_goes_away_and_200_when_it_returns
         live, 200,
         "liveness must not depend on the database: {body}"
     );
+    // Nothing else reaches the database meanwhile (no files), so the gauges keep the check's
+    // answer.
+    assert_eq!(gauge(&ingestor, "ingestor_database_up").await, 0.0);
+    assert_eq!(gauge(&ingestor, "ingestor_ready").await, 0.0);
     // Act: the database comes back on the same address.
     proxy = proxy.restart().await;
     // Assert
     wait_for(&ingestor, "/readyz", 200, "after the proxy returned").await;
     let (live, _) = get(ingestor.port, "/livez").await;
     assert_eq!(live, 200);
+    assert_eq!(gauge(&ingestor, "ingestor_database_up").await, 1.0);
+    assert_eq!(gauge(&ingestor, "ingestor_ready").await, 1.0);
     drop(ingestor);
     proxy.stop().await;
 }
@@ -594,6 +600,13 @@ async fn get(port: u16, path: &str) -> (u16, String) {
     tokio::task::spawn_blocking(move || http_get(port, &path))
         .await
         .unwrap()
+}
+
+/// The value of an unlabelled metric on the ingestor's `/metrics`.
+async fn gauge(ingestor: &Ingestor, name: &str) -> f64 {
+    let (status, body) = get(ingestor.port, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    Exposition::parse(&body).value(name, &[])
 }
 
 /// Polls `path` every 100 ms until it answers `status`, within [`READINESS_BOUND`]; the body.
