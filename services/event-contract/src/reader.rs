@@ -44,6 +44,18 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    /// The codes of a file that is not event CSV at all (every code but `io_error`, which is a
+    /// failure to read, retried, not a verdict on the file): a metric's label values, pre-created.
+    pub const UNREADABLE_CODES: [&'static str; 7] = [
+        "empty_file",
+        "header_not_utf8",
+        "header_missing_column",
+        "header_duplicate_column",
+        "header_unknown_column",
+        "header_too_long",
+        "header_unterminated_quote",
+    ];
+
     /// A stable machine-readable code, for ledgers and metric labels.
     pub fn code(&self) -> &'static str {
         match self {
@@ -171,5 +183,28 @@ impl<R: Read> Iterator for EventReader<R> {
                 })
             })
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod unreadable_codes_tests {
+    use super::ReadError;
+    use crate::{Column, HeaderError};
+
+    #[test]
+    fn every_code_but_io_error_is_listed_as_unreadable() {
+        let header = [
+            HeaderError::NotUtf8,
+            HeaderError::MissingColumn(Column::EventId),
+            HeaderError::DuplicateColumn(String::new()),
+            HeaderError::UnknownColumn(String::new()),
+            HeaderError::TooLong(0),
+            HeaderError::UnterminatedQuote,
+        ];
+        let codes: Vec<&str> = [ReadError::Empty.code()]
+            .into_iter()
+            .chain(header.into_iter().map(|e| ReadError::Header(e).code()))
+            .collect();
+        assert_eq!(codes, ReadError::UNREADABLE_CODES);
     }
 }

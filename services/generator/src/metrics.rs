@@ -5,13 +5,14 @@
 //! count exactly what downstream can see (a file discarded at shutdown is never counted).
 //!
 //! Metric names follow `generator_<what>_<unit>`, counters end in `_total`, and label values come
-//! from bounded sets (row kinds, reason codes), never from file names.
+//! from bounded sets (row kinds, reason codes), never from file names. The process collector's
+//! `process_*` metrics (CPU, memory, descriptors, start time) are registered here too.
 
 use event_contract::RejectReason;
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use service_support::{counter_vec, register};
+use service_support::{counter_vec, register, register_process_metrics};
 
 use crate::rows::is_injected;
 use crate::summary::RowCounts;
@@ -51,6 +52,7 @@ impl Metrics {
         )?;
         build_info.set(1);
         register(&registry, build_info)?;
+        register_process_metrics(&registry)?;
         let reasons: Vec<&str> = RejectReason::ALL
             .into_iter()
             .filter(|r| is_injected(*r))
@@ -168,6 +170,10 @@ mod tests {
             "never injected, so not a series: {text}"
         );
         assert_eq!(value(&text, "generator_files_total"), 0.0);
+        assert!(
+            value(&text, "process_start_time_seconds") > 0.0,
+            "the process collector reports this process: {text}"
+        );
         assert_eq!(
             value(
                 &text,

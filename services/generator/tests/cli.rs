@@ -391,12 +391,13 @@ fn metrics_and_livez_are_served_while_running_and_agree_with_the_files_on_disk()
         .filter(|f| !f.file_name().unwrap().to_str().unwrap().starts_with('.'))
         .count();
 
-    // Assert: the exposition follows the naming conventions.
+    // Assert: the exposition follows the naming conventions (the process collector's families
+    // keep their standard `process_` names).
     for line in exposition.lines().filter(|l| l.starts_with("# TYPE ")) {
         let mut parts = line.split_whitespace().skip(2);
         let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
         assert!(
-            name.starts_with("generator_")
+            (name.starts_with("generator_") || name.starts_with("process_"))
                 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
             "{line}"
         );
@@ -410,6 +411,12 @@ fn metrics_and_livez_are_served_while_running_and_agree_with_the_files_on_disk()
         "{exposition}"
     );
     assert_eq!(metrics["generator_target_rate_events_per_second"], 500.0);
+    // The process collector reports the generator's own process.
+    assert!(
+        metrics["process_resident_memory_bytes"] > 0.0,
+        "{exposition}"
+    );
+    assert!(metrics["process_open_fds"] > 0.0, "{exposition}");
     // Counters only count published files, and count them whole.
     let files = metrics["generator_files_total"];
     assert!(

@@ -5,23 +5,26 @@
 //! Metric names follow `ingestor_<what>_<unit>`; label values come from bounded sets (outcomes,
 //! reason codes), never from file names or error text.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use event_contract::RejectReason;
 use prometheus::{
-    Encoder, Histogram, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
-use service_support::{counter_vec, histogram, register};
+use service_support::{counter_vec, histogram, register, register_process_metrics};
 
 use crate::model::{
     DatabaseIdentity, DirectoryClaim, FileChange, FileFailure, LedgerStatus, LineCounts,
 };
 
-/// Latency buckets in seconds: 5 ms to 60 s, as the dashboards need, dense where a healthy
-/// ingestor commits (10 to 50 ms) so that its quantiles read close to the ledger's exact ones.
+/// Latency buckets in seconds: 2.5 ms to 1 h, dense where a healthy ingestor commits (10 to
+/// 50 ms) so that its quantiles read close to the ledger's exact ones, and reaching an hour so
+/// that in an outage the quantiles keep climbing with it instead of flat-lining at the top
+/// finite bucket.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
+    5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
 /// Event-time lag buckets in seconds: a file's events are up to its writing time old (100 ms at
 /// 10k events/s in 1,000-row files, a second at 1k), and late events are minutes old by design.
@@ -44,6 +47,7 @@ pub const REFUSALS: [&str; 2] = ["symlink", "not_regular_file"];
 pub struct Metrics {
     registry: Registry,
     files: IntCounterVec,
+    files_failed: IntCounterVec,
     files_changed: IntCounterVec,
     move_faults: IntCounterVec,
     files_refused: IntCounterVec,
@@ -55,16 +59,22 @@ pub struct Metrics {
     event_lag: Histogram,
     transaction_duration: Histogram,
     db_errors: IntCounter,
-    retries: IntCounter,
     loading_blocked: IntCounter,
+    last_commit: Gauge,
+    loaders: IntGauge,
+    loader_busy: Counter,
+    database_up: IntGauge,
     connections_discarded: IntCounter,
     dedup_lookups: IntCounter,
     backlog_files: IntGauge,
     backlog_bytes: IntGauge,
-    oldest_file_age: prometheus::Gauge,
+    oldest_file_landed: Gauge,
     ready: IntGauge,
     pool_connections: IntGauge,
     pool_idle_connections: IntGauge,
+    pool_max_connections: IntGauge,
+    pool_waiting: IntGauge,
+    pool_wait: Counter,
     http: HttpMetrics,
 }
 
@@ -77,19 +87,28 @@ impl Metrics {
         let registry = Registry::new();
         let reasons: Vec<&str> = RejectReason::ALL.iter().map(|r| r.code()).collect();
         let changes: Vec<&str> = FileChange::ALL.iter().map(|c| c.code()).collect();
+        let failures: Vec<&str> = FileFailure::codes().collect();
         let build_info = IntGauge::with_opts(
             Opts::new("ingestor_build_info", "Build information; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
         )?;
         build_info.set(1);
         register(&registry, build_info)?;
-        Ok(Metrics {
+        register_process_metrics(&registry)?;
+        let metrics = Metrics {
             files: counter_vec(
                 &registry,
                 "ingestor_files_total",
                 "Files finished, by outcome.",
                 "outcome",
                 &FILE_OUTCOMES,
+            )?,
+            files_failed: counter_vec(
+                &registry,
+                "ingestor_files_failed_total",
+                "Files that could not be loaded as a whole and were moved to the failed directory, by reason code.",
+                "reason",
+                &failures,
             )?,
             files_changed: counter_vec(
                 &registry,
@@ -165,11 +184,32 @@ impl Metrics {
                     "Database errors that rolled a transaction back.",
                 )?,
             )?,
-            retries: register(
+            last_commit: register(
                 &registry,
-                IntCounter::new(
-                    "ingestor_retries_total",
-                    "Transactions retried after a database error.",
+                Gauge::new(
+                    "ingestor_last_commit_timestamp_seconds",
+                    "When a loading transaction last committed (Unix time); the start-up time before the first.",
+                )?,
+            )?,
+            loaders: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_loaders",
+                    "Loader loops running side by side (the `loaders` setting).",
+                )?,
+            )?,
+            loader_busy: register(
+                &registry,
+                Counter::new(
+                    "ingestor_loader_busy_seconds_total",
+                    "Time the loader loops spent loading batches (committed or not), added when each batch ends; its rate divided by ingestor_loaders is the loaders' busy ratio.",
+                )?,
+            )?,
+            database_up: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_database_up",
+                    "1 when the last loading transaction or readiness check reached the database, 0 when it could not.",
                 )?,
             )?,
             loading_blocked: register(
@@ -207,11 +247,11 @@ impl Metrics {
                     "Bytes waiting in the input directory.",
                 )?,
             )?,
-            oldest_file_age: register(
+            oldest_file_landed: register(
                 &registry,
-                prometheus::Gauge::new(
-                    "ingestor_backlog_oldest_file_age_seconds",
-                    "Age of the oldest waiting file.",
+                Gauge::new(
+                    "ingestor_backlog_oldest_file_timestamp_seconds",
+                    "When the oldest waiting file landed (its mtime, Unix time), or the last scan's time when no file waits: every file that landed before it has been taken.",
                 )?,
             )?,
             ready: register(
@@ -235,9 +275,33 @@ impl Metrics {
                     "Idle connections in the database pool, at scrape time.",
                 )?,
             )?,
+            pool_max_connections: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_database_pool_max_connections",
+                    "The most connections the database pool opens (the `pool_size` setting).",
+                )?,
+            )?,
+            pool_waiting: register(
+                &registry,
+                IntGauge::new(
+                    "ingestor_database_pool_waiting_checkouts",
+                    "Tasks waiting for a pooled database connection, at scrape time.",
+                )?,
+            )?,
+            pool_wait: register(
+                &registry,
+                Counter::new(
+                    "ingestor_database_pool_wait_seconds_total",
+                    "Time checkouts spent waiting for a pooled database connection (bb8's total), sampled at scrape.",
+                )?,
+            )?,
             http: HttpMetrics::new(&registry)?,
             registry,
-        })
+        };
+        // Until the first commit, the time since start-up is the time without one.
+        metrics.last_commit.set(unix_seconds(SystemTime::now()));
+        Ok(metrics)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -251,6 +315,16 @@ impl Metrics {
     /// Records readiness as seen by /readyz.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Records whether the database answered the last loading transaction or readiness check.
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
+    }
+
+    /// Records how many loader loops run.
+    pub fn set_loaders(&self, loaders: usize) {
+        self.loaders.set(i64::try_from(loaders).unwrap_or(i64::MAX));
     }
 }
 
@@ -326,6 +400,9 @@ impl FileFailed<'_> {
             "File failed; moved to the failed directory"
         );
         m.files.with_label_values(&["failed"]).inc();
+        m.files_failed
+            .with_label_values(&[self.failure.code()])
+            .inc();
     }
 }
 
@@ -514,7 +591,27 @@ impl BatchCommitted {
             "Transaction committed"
         );
         m.transaction_duration.observe(self.duration.as_secs_f64());
+        m.last_commit.set(unix_seconds(SystemTime::now()));
     }
+}
+
+/// A loader loop finished a batch, whatever its outcome: the time it was busy.
+pub struct BatchEnded {
+    /// From taking the files to the commit or rollback.
+    pub busy: Duration,
+}
+
+impl BatchEnded {
+    /// Counts (the outcome has its own event and log line).
+    pub fn emit(&self, m: &Metrics) {
+        m.loader_busy.inc_by(self.busy.as_secs_f64());
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a time before it).
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A transaction rolled back by a database error; it will be retried.
@@ -532,7 +629,6 @@ impl DatabaseFailed<'_> {
         // connection available") would hide the cause (a wrong password, too many clients).
         tracing::warn!(error.message = %format!("{:#}", self.error), error.cause_chain = ?self.error, retry_in_ms = self.retry_in.as_millis() as u64, "Database error; transaction rolled back, will retry");
         m.db_errors.inc();
-        m.retries.inc();
     }
 }
 
@@ -553,7 +649,6 @@ impl LoadingBlocked<'_> {
     pub fn emit(&self, m: &Metrics) {
         tracing::error!(reason = self.reason, error.message = %self.error, error.cause_chain = ?self.error, retry_in_ms = self.retry_in.as_millis() as u64, "Loading fails for a reason no retry fixes; not ready until it is fixed");
         m.db_errors.inc();
-        m.retries.inc();
         m.loading_blocked.inc();
     }
 }
@@ -564,8 +659,9 @@ pub struct BacklogObserved {
     pub files: usize,
     /// Bytes waiting.
     pub bytes: u64,
-    /// Age of the oldest waiting file.
-    pub oldest_age: Duration,
+    /// When the oldest waiting file landed, or when the scan ran if none waits. A time rather
+    /// than an age, so that `time() - it` keeps growing on a dashboard even if scans stopped.
+    pub oldest_landed: SystemTime,
 }
 
 impl BacklogObserved {
@@ -575,7 +671,7 @@ impl BacklogObserved {
             .set(i64::try_from(self.files).unwrap_or(i64::MAX));
         m.backlog_bytes
             .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
-        m.oldest_file_age.set(self.oldest_age.as_secs_f64());
+        m.oldest_file_landed.set(unix_seconds(self.oldest_landed));
     }
 }
 
@@ -586,15 +682,25 @@ pub struct PoolObserved {
     pub connections: u32,
     /// Connections waiting in the pool, unused.
     pub idle_connections: u32,
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// Checkouts waiting for a connection.
+    pub waiting_checkouts: usize,
+    /// Time checkouts spent waiting since start.
+    pub wait_time: Duration,
     /// Connections the pool closed as broken since start (see `store::pool::Connection`).
     pub discarded_connections: u64,
 }
 
-impl From<bb8::State> for PoolObserved {
-    fn from(state: bb8::State) -> Self {
+impl From<&crate::store::Pool> for PoolObserved {
+    fn from(pool: &crate::store::Pool) -> Self {
+        let state = pool.state();
         PoolObserved {
             connections: state.connections,
             idle_connections: state.idle_connections,
+            max_connections: pool.max_size(),
+            waiting_checkouts: pool.waiting(),
+            wait_time: state.statistics.get_wait_time,
             discarded_connections: state.statistics.connections_closed_broken,
         }
     }
@@ -606,12 +712,19 @@ impl PoolObserved {
         m.pool_connections.set(i64::from(self.connections));
         m.pool_idle_connections
             .set(i64::from(self.idle_connections));
-        // bb8 keeps the total; the counter catches up with it (scrapes may run concurrently,
-        // so it only ever moves forward).
+        m.pool_max_connections.set(i64::from(self.max_connections));
+        m.pool_waiting
+            .set(i64::try_from(self.waiting_checkouts).unwrap_or(i64::MAX));
+        // bb8 keeps the totals; the counters catch up with them (scrapes may run concurrently,
+        // so they only ever move forward).
         let behind = self
             .discarded_connections
             .saturating_sub(m.connections_discarded.get());
         m.connections_discarded.inc_by(behind);
+        let waited = self.wait_time.as_secs_f64() - m.pool_wait.get();
+        if waited > 0.0 {
+            m.pool_wait.inc_by(waited);
+        }
     }
 }
 
@@ -748,7 +861,8 @@ pub struct DirectoryClaimed<'a> {
 
 impl DirectoryClaimed<'_> {
     /// Logs.
-    pub fn emit(&self, _m: &Metrics) {
+    pub fn emit(&self, m: &Metrics) {
+        m.set_database_up(true);
         tracing::info!(
             dir = %self.dir.display(),
             database = %self.identity.database,
@@ -771,7 +885,8 @@ pub struct DatabaseIdentityUnavailable<'a> {
 
 impl DatabaseIdentityUnavailable<'_> {
     /// Logs.
-    pub fn emit(&self, _m: &Metrics) {
+    pub fn emit(&self, m: &Metrics) {
+        m.set_database_up(false);
         tracing::warn!(error.message = %format!("{:#}", self.error), retry_in_ms = self.retry_in.as_millis() as u64, "Database unavailable; loading starts once it answers");
     }
 }

@@ -10,8 +10,9 @@
 //! - [`config`]: the layering both services' settings share (defaults < TOML file <
 //!   environment < flags), [`ConfigError`] naming the key and the value, and the range checks
 //!   both use.
-//! - [`register`], [`counter_vec`], [`histogram`]: metric registration in a service-owned
-//!   `prometheus::Registry`, labelled series pre-created at 0.
+//! - [`register`], [`counter_vec`], [`histogram`], [`register_process_metrics`]: metric
+//!   registration in a service-owned `prometheus::Registry`, labelled series pre-created at 0,
+//!   and the process collector.
 //! - [`ReadyFile`]: the file a service writes its bound address to (`--ready-file`), so whoever
 //!   started it on port 0 finds the port without reading logs.
 //! - [`shutdown_signal`]: SIGINT/SIGTERM, a second one exits at once.
@@ -148,6 +149,24 @@ pub fn histogram(
         registry,
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
     )
+}
+
+/// Registers the process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`, ...) in a service's own
+/// registry, so each service reports its own CPU, memory, descriptors and restarts (a new start
+/// time) under its scrape job. Linux only (it reads `/proc/self`); elsewhere nothing is
+/// registered.
+///
+/// # Errors
+/// Only on a programming error (registered twice in one registry).
+pub fn register_process_metrics(registry: &Registry) -> prometheus::Result<()> {
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = registry;
+    Ok(())
 }
 
 /// The HTTP status of `GET path` on a service's own listen address (an unspecified address such

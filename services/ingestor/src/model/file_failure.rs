@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use event_contract::HeaderError;
+use event_contract::{HeaderError, ReadError};
 
 /// Why a file was failed as a whole instead of loaded (a bad row never fails its file; these
 /// do).
@@ -28,6 +28,14 @@ pub enum FileFailure {
 }
 
 impl FileFailure {
+    /// Every code there is: the contract's codes of a file that is not event CSV, then ours (the
+    /// label values of `ingestor_files_failed_total`, pre-created).
+    pub fn codes() -> impl Iterator<Item = &'static str> {
+        ReadError::UNREADABLE_CODES
+            .into_iter()
+            .chain(["error_budget_exceeded", "database_rejected"])
+    }
+
     /// The stable code: the ledger's `failure_reason`, a log field.
     pub fn code(&self) -> &'static str {
         match self {
@@ -85,5 +93,12 @@ mod tests {
             FileFailure::DatabaseRejected("x".into()).code(),
             "database_rejected"
         );
+        for failure in [budget, FileFailure::Empty, header] {
+            assert!(
+                FileFailure::codes().any(|c| c == failure.code()),
+                "{failure:?}"
+            );
+        }
+        assert!(FileFailure::codes().any(|c| c == "database_rejected"));
     }
 }

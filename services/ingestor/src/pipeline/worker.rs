@@ -1,5 +1,6 @@
 //! The loading loops: scan, load a batch, finish its files, repeat; back off on database errors;
-//! stop taking work on shutdown.
+//! stop taking work on shutdown. Beside them, one housekeeping loop reports the backlog on its
+//! own clock.
 //!
 //! Several loops run side by side (`loaders`, default 2), each with its own connection and
 //! transaction, on disjoint files (an in-process in-flight set hands each file to one loop).
@@ -21,14 +22,14 @@ use super::loader::{load_batch, within_byte_budget, FileOutcome, LoadedFile};
 use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
-    BacklogObserved, BatchCommitted, DatabaseFailed, FileAlreadyLoaded, FileChanged, FileFailed,
-    FileLoaded, FileMovedAs, FileRefused, FileVanished, FutureModificationTimeSeen, LoadingBlocked,
-    Metrics,
+    BacklogObserved, BatchCommitted, BatchEnded, DatabaseFailed, FileAlreadyLoaded, FileChanged,
+    FileFailed, FileLoaded, FileMovedAs, FileRefused, FileVanished, FutureModificationTimeSeen,
+    LoadingBlocked, Metrics,
 };
 use crate::lifecycle;
 use crate::model::{FileFailure, LedgerStatus};
 use crate::source::{Candidate, Discovery, Scan};
-use crate::store::pool::{classify, Failure};
+use crate::store::pool::{classify, reached_database, Failure};
 use crate::store::recent_ids::CommittedIds;
 use crate::store::{ledger, Pool};
 
@@ -102,6 +103,13 @@ pub async fn run(
         committed: CommittedIds::new(settings.dedup_memory_ids),
     });
     let mut loops = JoinSet::new();
+    state.metrics.set_loaders(settings.loaders);
+    loops.spawn(housekeeping(
+        settings.clone(),
+        shared.clone(),
+        state.metrics.clone(),
+        cancel.clone(),
+    ));
     for index in 0..settings.loaders {
         let context = LoopContext {
             index,
@@ -157,15 +165,8 @@ async fn run_loop(ctx: LoopContext) {
             tracing::error!(error = %e, "Cannot list the input directory");
             Scan::default()
         });
-        for file in &scan.future {
-            FutureModificationTimeSeen {
-                name: &file.name,
-                modified: file.modified,
-            }
-            .emit(&state.metrics);
-        }
+        report_future_mtimes(&scan, &state.metrics);
         if index == 0 {
-            observe_backlog(&scan, &state.metrics);
             prune_if_due(&settings, &pool, &mut last_prune).await;
         }
         skipped.retain(|_, until| *until > Instant::now());
@@ -187,9 +188,15 @@ async fn run_loop(ctx: LoopContext) {
         };
         let batch = claimed.files();
         let started = Instant::now();
-        match load_batch(&settings, &pool, batch, &cancel, &shared.committed).await {
+        let loaded = load_batch(&settings, &pool, batch, &cancel, &shared.committed).await;
+        BatchEnded {
+            busy: started.elapsed(),
+        }
+        .emit(&state.metrics);
+        match loaded {
             Ok(outcomes) => {
                 state.database_ok.store(true, Ordering::Relaxed);
+                state.metrics.set_database_up(true);
                 state.metrics.set_ready(true);
                 state.blocker.clear();
                 backoff.reset();
@@ -204,6 +211,7 @@ async fn run_loop(ctx: LoopContext) {
                 }
             }
             Err(error) if classify(&error) == Failure::RowData => {
+                state.metrics.set_database_up(true);
                 // The database is up but refuses some file's rows: narrow it down to the file
                 // and set that file aside, instead of retrying the same batch forever.
                 match breaker.failed(batch) {
@@ -219,6 +227,7 @@ async fn run_loop(ctx: LoopContext) {
                 state.database_ok.store(false, Ordering::Relaxed);
                 state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
+                state.metrics.set_database_up(reached_database(&error));
                 if let Failure::Blocking(db) = classify(&error) {
                     // No file is to blame and no retry fixes it: say why on /readyz, and keep
                     // backing off (never quarantining) until an operator has fixed it.
@@ -521,16 +530,48 @@ fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
     .emit(metrics);
 }
 
+/// Reports the backlog every `rescan_interval`, on its own task: done by a loader loop, it would
+/// wait for that loop's transaction, and the backlog gauges would freeze exactly when loading is
+/// slow. (Pruning the ledger stays with the first loader loop: it is rare and short.)
+async fn housekeeping(
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        // A listing error is logged by the loader loops, which scan as often.
+        if let Ok(scan) = shared.discovery.scan() {
+            report_future_mtimes(&scan, &metrics);
+            observe_backlog(&scan, &metrics);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.rescan_interval) => {}
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// Files a scan saw for the first time with a modification time in the future (each is in one
+/// scan's list only, whichever loop listed it first).
+fn report_future_mtimes(scan: &Scan, metrics: &Metrics) {
+    for file in &scan.future {
+        FutureModificationTimeSeen {
+            name: &file.name,
+            modified: file.modified,
+        }
+        .emit(metrics);
+    }
+}
+
 fn observe_backlog(scan: &Scan, metrics: &Metrics) {
-    let oldest = scan.waiting.first().map(|c| {
-        SystemTime::now()
-            .duration_since(c.modified)
-            .unwrap_or_default()
-    });
     BacklogObserved {
         files: scan.waiting.len(),
         bytes: scan.waiting.iter().map(|c| c.size).sum(),
-        oldest_age: oldest.unwrap_or_default(),
+        oldest_landed: scan
+            .waiting
+            .first()
+            .map_or_else(SystemTime::now, |c| c.modified),
     }
     .emit(metrics);
 }

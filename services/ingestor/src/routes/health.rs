@@ -36,7 +36,9 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else if let Some(reason) = state.blocker.reason() {
         Err(reason)
     } else {
-        check_database(&state).await
+        let checked = check_database(&state).await;
+        state.metrics.set_database_up(checked.is_ok());
+        checked
     };
     state.metrics.set_ready(verdict.is_ok());
     match verdict {

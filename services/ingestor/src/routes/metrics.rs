@@ -9,7 +9,7 @@ use crate::internal_events::PoolObserved;
 
 /// Samples the scrape-time gauges (the database pool), then renders the registry.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    PoolObserved::from(state.pool.state()).emit(&state.metrics);
+    PoolObserved::from(&state.pool).emit(&state.metrics);
     (
         [(
             header::CONTENT_TYPE,

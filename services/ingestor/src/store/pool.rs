@@ -3,6 +3,7 @@
 //! decides what a database error means for the loader ([`classify`]).
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,16 @@ use crate::config::Settings;
 /// Why the wrapper: bb8 opens connections in background tasks and retries them until the
 /// checkout times out, so a failed checkout only says "Timed out in bb8", whatever the server
 /// answered (a wrong password, a missing database, too many clients, nothing listening). The
-/// manager records each failed attempt, and [`Pool::get`] names it instead. Everything else
+/// manager records each failed attempt, and [`Pool::get`] names it instead. It also counts the
+/// checkouts waiting right now, which bb8 does not report (its statistics only count them once
+/// they end), and keeps the configured size for the saturation panels. Everything else
 /// (`state`, ...) is bb8's, through `Deref`.
 #[derive(Clone)]
 pub struct Pool {
     inner: bb8::Pool<Manager>,
     failures: ConnectFailures,
+    waiting: Arc<AtomicUsize>,
+    max_size: u32,
 }
 
 impl Deref for Pool {
@@ -59,6 +64,7 @@ impl Pool {
     /// [`PoolError::Connect`] naming what the server (or the network) answered to the latest
     /// attempt to connect, or [`PoolError::Busy`].
     pub async fn get(&self) -> Result<PooledConnection<'_>, PoolError> {
+        let _waiting = Waiting::start(&self.waiting);
         match self.inner.get().await {
             Ok(conn) => Ok(conn),
             Err(bb8::RunError::User(e)) => Err(PoolError::Connect(explain(&e))),
@@ -66,6 +72,16 @@ impl Pool {
                 .last_connect_failure()
                 .map_or(PoolError::Busy, PoolError::Connect)),
         }
+    }
+
+    /// Checkouts waiting for a connection right now (callers of [`Pool::get`] not yet served).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The most connections the pool opens (`pool_size`).
+    pub fn max_size(&self) -> u32 {
+        self.max_size
     }
 
     /// What went wrong at the latest attempt to open a connection, if it failed recently and
@@ -229,7 +245,29 @@ pub fn build_pool(settings: &Settings) -> Pool {
         // checking on every checkout would add a round trip.
         .test_on_check_out(false)
         .build_unchecked(manager);
-    Pool { inner, failures }
+    Pool {
+        inner,
+        failures,
+        waiting: Arc::default(),
+        max_size: settings.pool_size,
+    }
+}
+
+/// One checkout in [`Pool::get`], counted while it waits; a guard, so that a checkout dropped
+/// while waiting (a cancelled task, a readiness timeout) is not counted forever.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a failed loading transaction means for the loader.
@@ -294,6 +332,12 @@ pub fn classify(error: &anyhow::Error) -> Failure<'_> {
     } else {
         Failure::Transient
     }
+}
+
+/// Whether PostgreSQL itself answered with an error somewhere in the chain (it was reached),
+/// as opposed to a connection that could not be opened, timed out or was lost.
+pub fn reached_database(error: &anyhow::Error) -> bool {
+    sqlstates(error).next().is_some()
 }
 
 /// Whether PostgreSQL answered `state` somewhere in the error's chain.

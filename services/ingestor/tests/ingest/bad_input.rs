@@ -28,17 +28,6 @@ use crate::helpers::*;
 // The corpus: one ingestor, many broken files, one expected outcome each.
 // ---------------------------------------------------------------------------------------------
 
-/// Every code a file that is not event CSV at all can fail with.
-const UNREADABLE_CODES: [&str; 7] = [
-    "empty_file",
-    "header_not_utf8",
-    "header_missing_column",
-    "header_duplicate_column",
-    "header_unknown_column",
-    "header_too_long",
-    "header_unterminated_quote",
-];
-
 /// What must become of one file.
 enum Expect {
     /// Recorded as failed with one of these codes and moved to `failed/`; nothing of it stored.
@@ -157,7 +146,7 @@ fn corpus() -> Vec<Case> {
     cases.push(Case {
         name: "binary_garbage.csv",
         bytes: garbage,
-        expect: Expect::Failed(&UNREADABLE_CODES),
+        expect: Expect::Failed(&event_contract::ReadError::UNREADABLE_CODES),
     });
 
     // Columns are matched by name, not position.

@@ -6,6 +6,11 @@
 //! `analyst` role. The shipped alert rules pass `promtool check rules` and their unit tests
 //! (`promtool test rules`), and the test's Prometheus loads and evaluates them without error
 //! against the running services.
+//!
+//! Two ingestor replicas run, so that the Pipeline's stat panels are also checked in the states
+//! a user must be able to trust: one replica stopped and gone from service discovery (as a
+//! stopped container leaves Docker's DNS), then every replica stopped. Each stat panel must
+//! still show a finite value, and the readiness panels must say NOT READY, never "No data".
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -104,12 +109,19 @@ fn every_alert_fires_when_it_should_and_not_otherwise_in_its_promtool_unit_tests
     }
 }
 
+/// Pipeline stat panels whose values this test checks in each state, by title.
+const REPLICAS_PANEL: &str = "Replicas ready / expected";
+const ALL_READY_PANEL: &str = "All replicas ready";
+const DATABASE_PANEL: &str = "Database";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_query_returns_data_from_the_running_services() {
-    // Arrange: database, ingestor, generator, and Prometheus scraping both.
+    // Arrange: database, two ingestor replicas sharing one input directory, the generator, and
+    // Prometheus scraping all three.
     let db = TestDatabase::create().await;
     let input = tempfile::tempdir().unwrap();
-    let ingestor = Ingestor::spawn(&ingestor_url(&db), input.path(), &[]);
+    let replica_a = Ingestor::spawn(&ingestor_url(&db), input.path(), &[]);
+    let replica_b = Ingestor::spawn(&ingestor_url(&db), input.path(), &[]);
     let generator = Generator::spawn(input.path());
     let shipped = std::fs::read_to_string(shipped_prometheus_config()).unwrap();
     assert_eq!(
@@ -117,9 +129,9 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
         ["generator", "ingestor"],
         "the shipped scrape config's jobs changed; update this test's target rewriting"
     );
-    let prometheus =
-        Prometheus::spawn(&[("generator", generator.port), ("ingestor", ingestor.port)]);
-    prometheus.wait_for_targets_up(2, Duration::from_secs(30));
+    let prometheus = Prometheus::spawn(generator.port);
+    prometheus.discover_ingestors(&[replica_a.port, replica_b.port]);
+    prometheus.wait_for_targets(3, 0, Duration::from_secs(30));
     // Let the load run so that rates and histograms have samples.
     tokio::time::sleep(Duration::from_secs(20)).await;
 
@@ -139,7 +151,7 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
     let exposition = format!(
         "{}\n{}",
         http_get(generator.port, "/metrics").1,
-        http_get(ingestor.port, "/metrics").1
+        http_get(replica_a.port, "/metrics").1
     );
     for (panel, expr) in &promql {
         for metric in metric_names(expr) {
@@ -231,9 +243,113 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
             );
         }
     }
+
+    // Assert: all is well, and the summary says so.
+    let pipeline = &dashboards[0];
+    await_stat_values(
+        &prometheus,
+        pipeline,
+        &[
+            (REPLICAS_PANEL, &[2.0, 2.0]),
+            (ALL_READY_PANEL, &[1.0]),
+            (DATABASE_PANEL, &[1.0]),
+        ],
+    );
+
+    // Act: one replica stops and leaves service discovery, as a stopped container leaves
+    // Docker's DNS answer.
+    drop(replica_b);
+    prometheus.discover_ingestors(&[replica_a.port]);
+    prometheus.wait_for_targets(2, 0, Duration::from_secs(30));
+    // Assert: it is still expected, so it counts as missing, and not all replicas are ready.
+    await_stat_values(
+        &prometheus,
+        pipeline,
+        &[(REPLICAS_PANEL, &[1.0, 2.0]), (ALL_READY_PANEL, &[0.0])],
+    );
+
+    // Act: the other replica stops too (its target stays listed, and is scraped as down).
+    drop(replica_a);
+    prometheus.wait_for_targets(1, 1, Duration::from_secs(30));
+    // Assert: every stat panel still shows a number: none ready of two, NOT READY, database
+    // not seen up by anyone.
+    await_stat_values(
+        &prometheus,
+        pipeline,
+        &[
+            (REPLICAS_PANEL, &[0.0, 2.0]),
+            (ALL_READY_PANEL, &[0.0]),
+            (DATABASE_PANEL, &[0.0]),
+        ],
+    );
     drop(prometheus);
     drop(generator);
-    drop(ingestor);
+}
+
+/// The PromQL of each stat panel of a dashboard (rows included): `(title, exprs)`.
+fn stat_panels(dashboard: &Value) -> Vec<(String, Vec<String>)> {
+    let mut stats = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        if panel["type"] == "stat" {
+            let exprs = panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    t["expr"]
+                        .as_str()
+                        .expect("stat target without expr")
+                        .to_owned()
+                })
+                .collect();
+            stats.push((
+                panel["title"].as_str().unwrap_or_default().to_owned(),
+                exprs,
+            ));
+        }
+        stats.extend(stat_panels(panel));
+    }
+    stats
+}
+
+/// Waits until every stat panel's every query returns exactly one finite value (what the stat
+/// shows) and the panels named in `expected` show those values, in target order; panics with
+/// what they showed otherwise.
+fn await_stat_values(prometheus: &Prometheus, dashboard: &Value, expected: &[(&str, &[f64])]) {
+    let stats = stat_panels(dashboard);
+    for (title, _) in expected {
+        assert!(
+            stats.iter().any(|(t, _)| t == title),
+            "no stat panel {title:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut wrong = Vec::new();
+        for (title, exprs) in &stats {
+            let values: Vec<Option<f64>> = exprs
+                .iter()
+                .map(|expr| prometheus.single_finite_value(&expand_promql(expr)))
+                .collect();
+            let want = expected.iter().find(|(t, _)| t == title).map(|(_, v)| *v);
+            let finite = values.iter().all(Option::is_some);
+            let as_expected =
+                want.is_none_or(|want| values.iter().copied().eq(want.iter().map(|v| Some(*v))));
+            if !finite || !as_expected {
+                wrong.push(format!(
+                    "{title}: {exprs:?} -> {values:?}, expected {want:?}"
+                ));
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stat panels without one finite value, or not the expected one: {wrong:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Walks a dashboard (panels, nested row panels) and collects `(panel title, query)` pairs:
@@ -299,10 +415,15 @@ fn expand_sql(raw: &str) -> String {
     sql
 }
 
-/// The project metrics an expression names (identifiers starting with a service's namespace).
+/// The services' metrics an expression names (identifiers starting with a service's namespace,
+/// or the process collector's).
 fn metric_names(expr: &str) -> Vec<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|t| t.starts_with("generator_") || t.starts_with("ingestor_"))
+        .filter(|t| {
+            ["generator_", "ingestor_", "process_"]
+                .iter()
+                .any(|prefix| t.starts_with(prefix))
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -327,6 +448,8 @@ fn capture(name: &'static str, streams: Vec<Box<dyn Read + Send>>) -> Arc<Mutex<
 /// The real generator binary, writing files into the ingestor's input directory.
 struct Generator {
     _guard: ChildGuard,
+    /// Holds its ready file (`--ready-file`).
+    _ready_dir: tempfile::TempDir,
     port: u16,
 }
 
@@ -345,7 +468,11 @@ impl Generator {
              cargo test --workspace)",
             binary.display()
         );
+        let ready_dir = tempfile::tempdir().unwrap();
+        let ready_file = ready_dir.path().join("ready.json");
         let mut child = Command::new(&binary)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -377,35 +504,16 @@ impl Generator {
             ],
         );
         let mut guard = ChildGuard::new(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = logs
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains("Generator starting"))
-                .cloned();
-            if let Some(line) = line {
-                let json: Value = serde_json::from_str(&line).unwrap();
-                let listen = json["listen"].as_str().expect("no listen field").to_owned();
-                let port = listen.rsplit(':').next().unwrap().parse().unwrap();
-                return Generator {
-                    _guard: guard,
-                    port,
-                };
-            }
-            if let Some(status) = guard.child_mut().try_wait().unwrap() {
-                panic!(
-                    "generator exited with {status}: {:#?}",
-                    logs.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "generator did not start: {:#?}",
+        match guard.wait_for_ready_file(&ready_file, Duration::from_secs(20)) {
+            Ok(listen) => Generator {
+                _guard: guard,
+                _ready_dir: ready_dir,
+                port: listen.port(),
+            },
+            Err(why) => panic!(
+                "generator did not start: {why}: {:#?}",
                 logs.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            ),
         }
     }
 }
@@ -416,25 +524,30 @@ struct Prometheus {
     _guard: ChildGuard,
     port: u16,
     logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
+/// The file the `ingestor` job discovers its targets from (see [`Prometheus::discover_ingestors`]).
+const INGESTOR_TARGETS: &str = "ingestor-targets.json";
+
 impl Prometheus {
-    /// Starts it with one static target per `(job, port)`, scraped every second.
-    fn spawn(jobs: &[(&str, u16)]) -> Prometheus {
+    /// Starts it scraping every second: the generator on `generator_port`, and the ingestor
+    /// replicas [`discover_ingestors`](Self::discover_ingestors) lists, through file-based
+    /// discovery, which stands in for the shipped Docker DNS discovery: a replica taken out of
+    /// the list disappears from Prometheus, as a stopped container disappears from DNS.
+    fn spawn(generator_port: u16) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = format!(
-            "# The shipped grafana/prometheus/prometheus.yml with static test targets.\n\
+        std::fs::write(dir.path().join(INGESTOR_TARGETS), "[]").unwrap();
+        let config = format!(
+            "# The shipped grafana/prometheus/prometheus.yml with the test's targets.\n\
              global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {:?}\n\
-             scrape_configs:\n",
-            shipped_alert_files().0
+             scrape_configs:\n\
+             \x20 - job_name: generator\n    static_configs:\n      - targets: [\"127.0.0.1:{generator_port}\"]\n\
+             \x20 - job_name: ingestor\n    file_sd_configs:\n      - files: [{:?}]\n        refresh_interval: 1s\n",
+            shipped_alert_files().0,
+            dir.path().join(INGESTOR_TARGETS)
         );
-        for (job, port) in jobs {
-            config.push_str(&format!(
-                "  - job_name: {job}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
-            ));
-        }
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
         let port = free_port();
@@ -466,12 +579,23 @@ impl Prometheus {
             _guard: ChildGuard::new(child),
             port,
             logs,
-            _dir: dir,
+            dir,
         }
     }
 
-    /// Waits until `count` targets are scraped successfully.
-    fn wait_for_targets_up(&self, count: usize, timeout: Duration) {
+    /// Makes the `ingestor` job's targets the replicas listening on `ports`, and only those.
+    fn discover_ingestors(&self, ports: &[u16]) {
+        let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let list = serde_json::json!([{ "targets": targets }]).to_string();
+        // Written aside and renamed in, so that Prometheus never reads half a file.
+        let path = self.dir.path().join(INGESTOR_TARGETS);
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, list).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+    }
+
+    /// Waits until Prometheus scrapes exactly `up` targets successfully and `down` unsuccessfully.
+    fn wait_for_targets(&self, up: usize, down: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -482,7 +606,8 @@ impl Prometheus {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                if targets.len() == count && targets.iter().all(|t| t["health"] == "up") {
+                let health = |h: &str| targets.iter().filter(|t| t["health"] == h).count();
+                if targets.len() == up + down && health("up") == up && health("down") == down {
                     return;
                 }
                 last = body;
@@ -490,7 +615,7 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!(
-            "Prometheus did not scrape {count} targets: {last}\nlogs: {:#?}",
+            "Prometheus did not scrape {up} targets up and {down} down: {last}\nlogs: {:#?}",
             self.logs.lock().unwrap()
         );
     }
@@ -513,6 +638,21 @@ impl Prometheus {
                 return rules;
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The value of an instant query that returns exactly one series with a finite value;
+    /// `None` for anything else (no series: "No data"; `NaN`: a gap; several: not one stat).
+    fn single_finite_value(&self, promql: &str) -> Option<f64> {
+        let (_, body) = self.query(promql);
+        let json: Value = serde_json::from_str(&body).ok()?;
+        match json["data"]["result"].as_array()?.as_slice() {
+            [series] => series["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite()),
+            _ => None,
         }
     }
 

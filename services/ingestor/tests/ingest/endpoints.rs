@@ -75,6 +75,7 @@ async fn metrics_count_exactly_what_a_known_input_should_produce() {
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     let known = KnownFile::write(&dir.path().join("known.csv"));
+    let started = unix_now();
     let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
     wait_for_ledger(&db, dir.path(), 1, Duration::from_secs(30)).await;
     // Act
@@ -82,6 +83,7 @@ async fn metrics_count_exactly_what_a_known_input_should_produce() {
     // Assert
     assert_eq!(status, 200, "{body}");
     let metrics = Exposition::parse(&body);
+    let scraped = unix_now();
     let rows = |outcome| metrics.value("ingestor_rows_total", &[("outcome", outcome)]);
     assert_eq!(rows("accepted"), 985.0);
     assert_eq!(rows("duplicate"), 5.0);
@@ -119,6 +121,40 @@ async fn metrics_count_exactly_what_a_known_input_should_produce() {
         metrics.value("ingestor_read_bytes_total", &[]),
         known.bytes as f64
     );
+    let failed_by_reason: Vec<(String, f64)> = metrics
+        .samples("ingestor_files_failed_total")
+        .map(|(labels, v)| (labels["reason"].clone(), v))
+        .collect();
+    // One series per failure code, error_budget_exceeded included, pre-created at 0.
+    let mut codes: Vec<&str> = ingestor::model::FileFailure::codes().collect();
+    codes.sort_unstable();
+    let reasons: Vec<&str> = failed_by_reason.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(reasons, codes, "{failed_by_reason:?}");
+    assert!(failed_by_reason.iter().all(|(_, v)| *v == 0.0));
+    // Freshness and saturation: the commit happened during the test, the loaders were busy
+    // for some of it, and the database answered.
+    let last_commit = metrics.value("ingestor_last_commit_timestamp_seconds", &[]);
+    assert!(
+        (started..=scraped).contains(&last_commit),
+        "last commit {last_commit} outside {started}..={scraped}"
+    );
+    assert!(metrics.value("ingestor_loader_busy_seconds_total", &[]) > 0.0);
+    assert_eq!(metrics.value("ingestor_loaders", &[]), 2.0);
+    assert_eq!(metrics.value("ingestor_database_up", &[]), 1.0);
+    // The known file's landing time, or a scan's time once it has gone: a time, not an age.
+    let oldest = metrics.value("ingestor_backlog_oldest_file_timestamp_seconds", &[]);
+    assert!(
+        (started - 60.0..=scraped).contains(&oldest),
+        "oldest waiting file's time {oldest} outside {started} - 60 s ..= {scraped}"
+    );
+    // The process collector reports the ingestor's process (its start time has a resolution of
+    // a second).
+    let start_time = metrics.value("process_start_time_seconds", &[]);
+    assert!(
+        (started - 2.0..=scraped).contains(&start_time),
+        "process start time {start_time} outside {started} - 2 s ..= {scraped}"
+    );
+    assert!(metrics.value("process_resident_memory_bytes", &[]) > 0.0);
     assert_naming_rules(&metrics);
     drop(ingestor);
 }
@@ -235,12 +271,18 @@ async fn readiness_turns_503_when_the_database_goes_away_and_200_when_it_returns
         live, 200,
         "liveness must not depend on the database: {body}"
     );
+    // Nothing else reaches the database meanwhile (no files), so the gauges keep the check's
+    // answer.
+    assert_eq!(gauge(&ingestor, "ingestor_database_up").await, 0.0);
+    assert_eq!(gauge(&ingestor, "ingestor_ready").await, 0.0);
     // Act: the database comes back on the same address.
     proxy = proxy.restart().await;
     // Assert
     wait_for(&ingestor, "/readyz", 200, "after the proxy returned").await;
     let (live, _) = get(ingestor.port, "/livez").await;
     assert_eq!(live, 200);
+    assert_eq!(gauge(&ingestor, "ingestor_database_up").await, 1.0);
+    assert_eq!(gauge(&ingestor, "ingestor_ready").await, 1.0);
     drop(ingestor);
     proxy.stop().await;
 }
@@ -265,12 +307,70 @@ async fn database_pool_gauges_report_open_connections_after_a_load() {
         (0.0..=connections).contains(&idle),
         "{idle} idle of {connections}"
     );
+    // The default pool_size, and nobody waiting for a connection once the load is done.
+    assert_eq!(
+        metrics.value("ingestor_database_pool_max_connections", &[]),
+        4.0
+    );
+    assert_eq!(
+        metrics.value("ingestor_database_pool_waiting_checkouts", &[]),
+        0.0
+    );
     assert_eq!(metrics.types["ingestor_database_pool_connections"], "gauge");
     assert_eq!(
         metrics.types["ingestor_database_pool_idle_connections"],
         "gauge"
     );
     drop(ingestor);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backlog_gauges_keep_moving_while_the_only_loader_waits_on_a_lock() {
+    // Arrange: one loader, whose transaction waits behind a lock the test holds on `events`.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[("INGESTOR_LOADERS", "1")]);
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    generate(dir.path(), 1, 50, 31, Faults::default());
+    wait_until_a_session_waits_for_a_lock(&db.client().await, || {
+        format!("{:#?}", ingestor.log_lines())
+    })
+    .await;
+    // Act: more files land while that transaction waits.
+    generate(dir.path(), 3, 50, 32, Faults::default());
+    // Assert: the backlog gauges count them all (the file being loaded still waits too), and
+    // the oldest file's time stays that of the first file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(ingestor.port, "/metrics").await;
+        let metrics = Exposition::parse(&body);
+        let files = metrics.value("ingestor_backlog_files", &[]);
+        if files == 4.0 {
+            let oldest = metrics.value("ingestor_backlog_oldest_file_timestamp_seconds", &[]);
+            assert!(unix_now() - oldest > 0.0, "oldest waiting file at {oldest}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backlog gauges stood still while the loader waited: {files} files"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    wait_for_ledger(&db, dir.path(), 4, Duration::from_secs(30)).await;
+    drop(ingestor);
+}
+
+/// Now as Unix time in seconds, as the `_timestamp_seconds` gauges report it.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,14 +563,17 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
     labels
 }
 
-/// Every family is `ingestor_[a-z_]+`, counters end in `_total`, and every `_seconds` histogram
-/// spans the dashboards' range (a 5 ms and a 60 s bucket).
+/// Every family is `ingestor_[a-z_]+` (or the process collector's `process_[a-z_]+`), counters
+/// end in `_total`, and every `_seconds` histogram spans the dashboards' range (a 5 ms bucket, and
+/// buckets up to an hour, so that an outage does not flat-line the quantiles at a minute).
 fn assert_naming_rules(metrics: &Exposition) {
     assert!(!metrics.types.is_empty(), "no # TYPE lines");
     let mut problems = String::new();
     for (name, kind) in &metrics.types {
-        let well_formed = name.strip_prefix("ingestor_").is_some_and(|rest| {
-            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        let well_formed = ["ingestor_", "process_"].iter().any(|prefix| {
+            name.strip_prefix(prefix).is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
         });
         if !well_formed {
             writeln!(problems, "{name}: not ingestor_[a-z_]+").unwrap();
@@ -480,7 +583,7 @@ fn assert_naming_rules(metrics: &Exposition) {
         }
         if kind == "histogram" && name.contains("_seconds") {
             let bucket = format!("{name}_bucket");
-            for le in ["0.005", "60"] {
+            for le in ["0.005", "60", "3600"] {
                 if !metrics.samples(&bucket).any(|(l, _)| l["le"] == le) {
                     writeln!(problems, "{name}: no le=\"{le}\" bucket").unwrap();
                 }
@@ -503,6 +606,13 @@ async fn get(port: u16, path: &str) -> (u16, String) {
     tokio::task::spawn_blocking(move || http_get(port, &path))
         .await
         .unwrap()
+}
+
+/// The value of an unlabelled metric on the ingestor's `/metrics`.
+async fn gauge(ingestor: &Ingestor, name: &str) -> f64 {
+    let (status, body) = get(ingestor.port, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    Exposition::parse(&body).value(name, &[])
 }
 
 /// Polls `path` every 100 ms until it answers `status`, within [`READINESS_BOUND`]; the body.
