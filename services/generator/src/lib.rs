@@ -13,7 +13,8 @@
 //! - [`pacing`]: holding the target rate on an absolute schedule.
 //! - [`sink`]: temp file, fsync, link to the final name: atomic publication.
 //! - [`summary`]: what a run produced, for the exit summary line.
-//! - [`metrics`]: the Prometheus registry the generator owns, moved once per published file.
+//! - [`internal_events`]: every metric and log line the generator emits, declared in one place;
+//!   the Prometheus registry it owns, moved once per published file.
 //! - [`routes`]: the HTTP surface: `/metrics`, `/livez` and `/healthz`.
 //! - [`startup`]: [`startup::Application`] binds the listener, then runs the write loop and the
 //!   HTTP server under one shutdown.
@@ -22,7 +23,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod faults;
-pub mod metrics;
+pub mod internal_events;
 pub mod pacing;
 pub mod routes;
 pub mod rows;

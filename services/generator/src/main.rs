@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use generator::cli::{Cli, Command};
 use generator::config;
+use generator::internal_events::{GeneratorFailed, GeneratorFinished};
 use generator::startup;
 use service_support::ReadyFile;
 
@@ -34,24 +35,11 @@ async fn main() -> ExitCode {
     };
     match run.await {
         Ok(summary) => {
-            tracing::info!(
-                seed = summary.seed,
-                files = summary.files,
-                rows = summary.published.rows,
-                valid = summary.published.valid,
-                late = summary.published.late,
-                duplicates = summary.published.duplicates,
-                invalid = summary.published.invalid,
-                invalid_by_reason = %serde_json::to_string(&summary.published.invalid_by_reason).unwrap_or_default(),
-                discarded_rows = summary.discarded_rows,
-                elapsed_seconds = summary.elapsed_seconds,
-                rows_per_second = summary.rows_per_second(),
-                "Generator finished"
-            );
+            GeneratorFinished { summary: &summary }.emit();
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(error.cause_chain = ?e, error.message = %e, "Generator failed");
+            GeneratorFailed { error: &e }.emit();
             ExitCode::FAILURE
         }
     }

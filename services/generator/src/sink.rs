@@ -10,6 +10,8 @@ use anyhow::Context;
 use chrono::Utc;
 use event_contract::EventWriter;
 
+use crate::internal_events::{StaleTempFileRemoved, TempFileNotRemoved};
+
 /// Prefix of temp files: hidden (leading dot), so watchers ignore them.
 const TEMP_PREFIX: &str = ".events_";
 /// Suffix of temp files.
@@ -47,7 +49,7 @@ impl FileSink {
                 .with_context(|| format!("cannot list {}", dir.display()))?
                 .path();
             if is_temp_file(&path) && !written_by_live_process(&path) {
-                tracing::warn!(path = %path.display(), "Removing a temp file left by an earlier run");
+                StaleTempFileRemoved { path: &path }.emit();
                 fs::remove_file(&path)
                     .with_context(|| format!("cannot remove stale temp file {}", path.display()))?;
             }
@@ -160,7 +162,11 @@ impl Drop for PendingFile {
     fn drop(&mut self) {
         if self.temp_path.exists() {
             if let Err(e) = fs::remove_file(&self.temp_path) {
-                tracing::error!(path = %self.temp_path.display(), error = %e, "Cannot remove temp file");
+                TempFileNotRemoved {
+                    path: &self.temp_path,
+                    error: &e,
+                }
+                .emit();
             }
         }
     }

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::metrics::Metrics;
+use crate::internal_events::{
+    FilePublished, GeneratorStarting, HttpDrainTimedOut, Metrics, ShutdownRequested,
+};
 use crate::pacing::Pacer;
 use crate::routes::{router, AppState};
 use crate::rows::{Row, RowSource};
@@ -83,7 +85,11 @@ impl Application {
         let listen = listener
             .local_addr()
             .context("cannot read the bound address")?;
-        log_starting(&settings, Some(listen));
+        GeneratorStarting {
+            settings: &settings,
+            listen: Some(listen),
+        }
+        .emit();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let writer_alive = Arc::new(AtomicBool::new(true));
@@ -113,7 +119,7 @@ impl Application {
         let result = tokio::select! {
             joined = &mut worker => joined,
             () = shutdown => {
-                tracing::info!("Shutdown requested; discarding the file in progress");
+                ShutdownRequested.emit();
                 cancel.cancel();
                 worker.await
             }
@@ -124,7 +130,7 @@ impl Application {
             .await
             .is_err()
         {
-            tracing::warn!("HTTP drain timeout reached; closing the connections still open");
+            HttpDrainTimedOut.emit();
             server.abort();
         }
         let summary = result.context("generator thread panicked")??;
@@ -145,7 +151,11 @@ impl Application {
 pub fn generate(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<RunSummary> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let settings = resolve(settings.clone());
-    log_starting(&settings, None);
+    GeneratorStarting {
+        settings: &settings,
+        listen: None,
+    }
+    .emit();
     generate_with_metrics(&settings, cancel, &metrics)
 }
 
@@ -155,20 +165,6 @@ fn resolve(mut settings: Settings) -> Settings {
     settings.seed = Some(settings.seed.unwrap_or_else(rand::random));
     settings.start_time = Some(settings.start_time.unwrap_or_else(Utc::now));
     settings
-}
-
-/// The start-up line: everything needed to reproduce the run, and where metrics are served.
-fn log_starting(settings: &Settings, listen: Option<SocketAddr>) {
-    tracing::info!(
-        seed = settings.seed,
-        out = %settings.out.display(),
-        rate = settings.rate,
-        rows = settings.rows,
-        files = settings.files,
-        start_time = settings.start_time.map(|t| t.to_rfc3339()),
-        listen = listen.map(|a| a.to_string()),
-        "Generator starting"
-    );
 }
 
 /// The write loop, counting each published file into `metrics` (once per file, never per row).
@@ -211,8 +207,12 @@ pub fn generate_with_metrics(
         let path = pending.publish(sink.dir())?;
         // One stat per file; a failure only loses the byte count, never the file.
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        tracing::debug!(path = %path.display(), rows = counts.rows, bytes, "File published");
-        metrics.file_published(&counts, bytes);
+        FilePublished {
+            path: &path,
+            counts: &counts,
+            bytes,
+        }
+        .emit(metrics);
         summary.files += 1;
         summary.published.add(&counts);
     }

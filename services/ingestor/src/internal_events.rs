@@ -890,3 +890,134 @@ impl DatabaseIdentityUnavailable<'_> {
         tracing::warn!(error.message = %format!("{:#}", self.error), retry_in_ms = self.retry_in.as_millis() as u64, "Database unavailable; loading starts once it answers");
     }
 }
+
+/// A loader loop panicked (a bug): the others are stopped and the process exits non-zero.
+pub struct LoaderLoopPanicked<'a> {
+    /// The panic, as the task's join error.
+    pub error: &'a tokio::task::JoinError,
+}
+
+impl LoaderLoopPanicked<'_> {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::error!(error = %self.error, "A loader loop panicked; stopping the others");
+    }
+}
+
+/// Every loader loop has returned (shutdown, or a loop panicked).
+pub struct LoaderStopped;
+
+impl LoaderStopped {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::info!("Loader stopped");
+    }
+}
+
+/// The input directory could not be listed; the scan finds nothing this time.
+pub struct DirectoryUnlistable<'a> {
+    /// The listing's error.
+    pub error: &'a std::io::Error,
+}
+
+impl DirectoryUnlistable<'_> {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::error!(error = %self.error, "Cannot list the input directory");
+    }
+}
+
+/// PostgreSQL refused the data of a batch of several files: they are retried one by one, so
+/// the file to blame can be set aside.
+pub struct BatchDataRefused<'a> {
+    /// The server's refusal.
+    pub error: &'a anyhow::Error,
+    /// Files in the batch.
+    pub files: usize,
+}
+
+impl BatchDataRefused<'_> {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::warn!(error.message = %self.error, files = self.files, "PostgreSQL refused the data of a batch; retrying file by file");
+    }
+}
+
+/// A file could not be read consistently this time (it changed while it was read, or reading
+/// broke off); nothing of it was kept, and it is taken again.
+pub struct FileRetried<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl FileRetried<'_> {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::warn!(
+            file = self.name,
+            reason = self.reason,
+            "File not loaded this time; will retry"
+        );
+    }
+}
+
+/// Where a file was when moving it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmovedFile {
+    /// Committed (loaded, or known from before): it stays in the input directory, and the next
+    /// scan finds it in the ledger and moves it then.
+    Finished,
+    /// Recorded as failed by the quarantine.
+    Quarantined,
+    /// PostgreSQL refuses its data, and recording it as failed failed too: it is retried.
+    NotQuarantined,
+}
+
+/// A file could not be moved (or recorded) after its outcome was decided.
+pub struct FileNotMoved<'a> {
+    /// File name.
+    pub name: &'a str,
+    /// Which move.
+    pub which: UnmovedFile,
+    /// Why.
+    pub error: &'a anyhow::Error,
+}
+
+impl FileNotMoved<'_> {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        let (file, cause) = (self.name, self.error);
+        match self.which {
+            UnmovedFile::Finished => {
+                tracing::error!(file, error.cause_chain = ?cause, "Cannot move a finished file; it will be healed on the next scan")
+            }
+            UnmovedFile::Quarantined => {
+                tracing::error!(file, error.cause_chain = ?cause, "Cannot move a quarantined file")
+            }
+            UnmovedFile::NotQuarantined => {
+                tracing::error!(file, error.cause_chain = ?cause, "Cannot quarantine a file PostgreSQL refuses")
+            }
+        }
+    }
+}
+
+/// Finished ledger entries past retention were deleted, or deleting them failed.
+pub struct LedgerPruned<'a> {
+    /// Entries deleted, or why none could be.
+    pub result: &'a anyhow::Result<u64>,
+    /// The retention, days.
+    pub days: u32,
+}
+
+impl LedgerPruned<'_> {
+    /// Logs (nothing when there was nothing to prune).
+    pub fn emit(&self, _m: &Metrics) {
+        match self.result {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, days = self.days, "Pruned old ledger entries"),
+            Err(e) => tracing::warn!(error = %e, "Cannot prune the ledger; will try again later"),
+        }
+    }
+}

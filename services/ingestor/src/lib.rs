@@ -15,6 +15,8 @@
 //! - [`claim`]: one directory, one database: the marker naming the database an input
 //!   directory is loaded into, checked before loading starts.
 //! - [`lifecycle`]: archiving, deleting or failing files after commit.
+//! - [`readiness`]: whether this replica can load, in one place (the loops report, `/readyz`
+//!   reads).
 //! - [`internal_events`]: every log line and metric the service emits (where a row is counted).
 //! - [`status`]: the status report, one type for `ingestor status --json` and `GET /status`.
 //! - [`routes`]: `/metrics`, `/healthz`, `/livez`, `/readyz`, `/status`.
@@ -31,6 +33,7 @@ pub mod internal_events;
 pub mod lifecycle;
 pub mod model;
 pub mod pipeline;
+pub mod readiness;
 pub mod routes;
 pub mod source;
 pub mod startup;

@@ -2,7 +2,6 @@
 //! the pool, then run the loader and the server under one cancellation token until shutdown.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,7 +14,8 @@ use crate::config::Settings;
 use crate::http;
 use crate::internal_events::Metrics;
 use crate::lifecycle;
-use crate::pipeline::worker::{self, Blocker, WorkerState};
+use crate::pipeline::worker::{self, WorkerState};
+use crate::readiness::Readiness;
 use crate::routes::{router, AppState, StatusSnapshot};
 use crate::source::Discovery;
 use crate::store::{build_pool, Pool};
@@ -90,20 +90,17 @@ impl Application {
         );
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let loader_alive = Arc::new(AtomicBool::new(true));
-        let blocker = Blocker::default();
+        let readiness = Readiness::new(metrics.clone());
         let state = AppState {
             pool: pool.clone(),
             metrics: metrics.clone(),
-            loader_alive: loader_alive.clone(),
             settings: settings.clone(),
-            blocker: blocker.clone(),
+            readiness: readiness.clone(),
             status: StatusSnapshot::new(settings.clone()),
         };
         let worker_state = WorkerState {
             metrics: metrics.clone(),
-            database_ok: Arc::new(AtomicBool::new(false)),
-            blocker,
+            readiness: readiness.clone(),
         };
         let mut loader = tracker.spawn({
             let (settings, cancel) = (settings.clone(), cancel.clone());
@@ -116,7 +113,7 @@ impl Application {
                     worker::run(settings, pool, discovery, worker_state, cancel).await
                 }
                 .await;
-                loader_alive.store(false, Ordering::Relaxed);
+                readiness.loader_stopped();
                 result
             }
         });

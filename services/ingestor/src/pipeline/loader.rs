@@ -13,9 +13,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
-use super::reader::{self, count_by_reason, OpenedFile, ReadMessage, ReadOptions};
+use super::reader::{self, count_by_reason, OpenedFile, ReadEnd, ReadMessage, ReadOptions};
 use crate::config::Settings;
-use crate::model::{FileFailure, FileIdentity, FileStamp, LedgerStatus, LineCounts};
+use crate::model::{FileFailure, FileStamp, LedgerStatus, LineCounts};
 use crate::source::Candidate;
 use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
@@ -114,16 +114,6 @@ fn loading_settings(settings: &Settings) -> String {
         ));
     }
     sql
-}
-
-/// How reading a file ended.
-enum ReadEnd {
-    /// Every row was sent; the identity of what was read.
-    Done(FileIdentity),
-    /// Not event CSV at all.
-    Unreadable(FileFailure),
-    /// Reading broke off.
-    Interrupted(io::Error),
 }
 
 /// Loads up to `batch_max_files` of `candidates` (fewer once `batch_max_rows` rows are in, or
@@ -238,6 +228,7 @@ fn spawn_identify(candidate: &Candidate) -> JoinHandle<io::Result<OpenedFile>> {
 
 /// Loads one file inside the batch's transaction, under a savepoint of its own so that a file
 /// that must not be kept can be undone without losing the rest of the batch.
+#[tracing::instrument(name = "load_file", skip_all, fields(file = %candidate.name))]
 async fn load_file(
     tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
@@ -264,9 +255,7 @@ async fn load_file(
     .await?
     {
         Claim::Busy => {
-            sp.rollback()
-                .await
-                .context("cannot roll back to the savepoint")?;
+            undo(sp).await?;
             return Ok(FileOutcome::Busy);
         }
         Claim::Known { file_id, status } => {
@@ -289,26 +278,20 @@ async fn load_file(
             // those events as duplicates), instead of waiting with the whole batch. A COPY that
             // timed out before it started (a table lock) is not this: its session is out of
             // step and must not run another statement (see `CopyNotStarted`).
-            sp.rollback()
-                .await
-                .context("cannot roll back to the savepoint")?;
+            undo(sp).await?;
             return Ok(FileOutcome::Busy);
         }
         Err(e) => return Err(e),
     };
     let failure = match end {
         ReadEnd::Done(reread) if reread != identity => {
-            sp.rollback()
-                .await
-                .context("cannot roll back to the savepoint")?;
+            undo(sp).await?;
             return Ok(FileOutcome::Retry(
                 "content changed while it was read".into(),
             ));
         }
         ReadEnd::Interrupted(e) => {
-            sp.rollback()
-                .await
-                .context("cannot roll back to the savepoint")?;
+            undo(sp).await?;
             return Ok(FileOutcome::Retry(format!("reading broke off: {e}")));
         }
         ReadEnd::Unreadable(failure) => Some(failure),
@@ -322,9 +305,7 @@ async fn load_file(
             Ok(FileOutcome::Loaded(loaded))
         }
         Some(failure) => {
-            sp.rollback()
-                .await
-                .context("cannot roll back to the savepoint")?;
+            undo(sp).await?;
             let file_id = ledger::record_failed(
                 tx,
                 &identity,
@@ -341,6 +322,15 @@ async fn load_file(
             })
         }
     }
+}
+
+/// Undoes everything one file did in the batch's transaction (back to the file's savepoint),
+/// keeping what the batch's other files did.
+async fn undo(file_savepoint: Transaction<'_>) -> anyhow::Result<()> {
+    file_savepoint
+        .rollback()
+        .await
+        .context("cannot roll back to the savepoint")
 }
 
 /// Streams the file's chunks into the database; returns how reading ended and the accounting.
@@ -369,9 +359,7 @@ async fn stream_file(
     let (end, mut loaded) = loop {
         let chunk = match next_message(tx, &mut receiver, keepalive).await? {
             Some(ReadMessage::Chunk(chunk)) => chunk,
-            Some(ReadMessage::Done(identity)) => break (ReadEnd::Done(identity), loaded),
-            Some(ReadMessage::Unreadable(failure)) => break (ReadEnd::Unreadable(failure), loaded),
-            Some(ReadMessage::Interrupted(e)) => break (ReadEnd::Interrupted(e), loaded),
+            Some(ReadMessage::End(end)) => break (end, loaded),
             None => {
                 let gone = io::Error::other("reader stopped without finishing");
                 break (ReadEnd::Interrupted(gone), loaded);

@@ -46,17 +46,24 @@ impl Chunk {
     }
 }
 
-/// What the reader tells the loader.
+/// What the reader tells the loader: chunks of rows, then how reading ended.
 #[derive(Debug)]
 pub enum ReadMessage {
     /// More rows.
     Chunk(Chunk),
+    /// The last message.
+    End(ReadEnd),
+}
+
+/// How reading a file ended.
+#[derive(Debug)]
+pub enum ReadEnd {
+    /// All rows were sent; the identity of what was actually read, to compare with the claim.
+    Done(FileIdentity),
     /// The file is not event CSV at all (empty, bad header): fail it as a whole.
     Unreadable(FileFailure),
     /// Reading broke off (I/O error); nothing of the file may be committed.
     Interrupted(io::Error),
-    /// All rows were sent; the identity of what was actually read, to compare with the claim.
-    Done(FileIdentity),
 }
 
 /// A candidate opened for loading: the one descriptor every pass reads from, which file it is,
@@ -103,14 +110,14 @@ pub fn identify(path: &Path) -> io::Result<FileIdentity> {
 /// Reads the rows of `file` from its start into chunks and sends them (pass 2, which hashes
 /// again what it reads); stops early if the receiver goes away.
 pub fn read_rows(file: File, options: ReadOptions, tx: &mpsc::Sender<ReadMessage>) {
-    let message = match stream_rows(file, options, tx) {
-        Ok(Some(identity)) => ReadMessage::Done(identity),
+    let end = match stream_rows(file, options, tx) {
+        Ok(Some(identity)) => ReadEnd::Done(identity),
         Ok(None) => return,
-        Err(ReadError::Io(e)) => ReadMessage::Interrupted(e),
-        Err(ReadError::Empty) => ReadMessage::Unreadable(FileFailure::Empty),
-        Err(ReadError::Header(e)) => ReadMessage::Unreadable(FileFailure::BadHeader(e)),
+        Err(ReadError::Io(e)) => ReadEnd::Interrupted(e),
+        Err(ReadError::Empty) => ReadEnd::Unreadable(FileFailure::Empty),
+        Err(ReadError::Header(e)) => ReadEnd::Unreadable(FileFailure::BadHeader(e)),
     };
-    let _ = tx.blocking_send(message);
+    let _ = tx.blocking_send(ReadMessage::End(end));
 }
 
 fn stream_rows(

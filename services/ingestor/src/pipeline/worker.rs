@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,12 +21,14 @@ use super::loader::{load_batch, within_byte_budget, FileOutcome, LoadedFile};
 use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
-    BacklogObserved, BatchCommitted, BatchEnded, DatabaseFailed, FileAlreadyLoaded, FileChanged,
-    FileFailed, FileLoaded, FileMovedAs, FileRefused, FileVanished, FutureModificationTimeSeen,
-    LoadingBlocked, Metrics,
+    BacklogObserved, BatchCommitted, BatchDataRefused, BatchEnded, DatabaseFailed,
+    DirectoryUnlistable, FileAlreadyLoaded, FileChanged, FileFailed, FileLoaded, FileMovedAs,
+    FileNotMoved, FileRefused, FileRetried, FileVanished, FutureModificationTimeSeen, LedgerPruned,
+    LoaderLoopPanicked, LoaderStopped, LoadingBlocked, Metrics, UnmovedFile,
 };
 use crate::lifecycle;
 use crate::model::{FileFailure, LedgerStatus};
+use crate::readiness::Readiness;
 use crate::source::{Candidate, Discovery, Scan};
 use crate::store::pool::{classify, reached_database, Failure};
 use crate::store::recent_ids::CommittedIds;
@@ -45,33 +46,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 pub struct WorkerState {
     /// Metrics registry.
     pub metrics: Metrics,
-    /// Whether the last database operation succeeded.
-    pub database_ok: Arc<AtomicBool>,
-    /// Why loading cannot go on until an operator acts, for `/readyz`.
-    pub blocker: Blocker,
-}
-
-/// Why loading is blocked by a database error no retry fixes (a missing table, column or
-/// privilege, a setting PostgreSQL rejects), shared with `/readyz`: the database answers
-/// `SELECT 1`, yet nothing loads, so readiness must say so and why. Set by a loop whose batch
-/// failed that way; cleared by the next commit, or when nothing is left to load (then nothing
-/// can be failing). A std mutex: held only to copy a string, never across an await.
-#[derive(Clone, Default)]
-pub struct Blocker(Arc<Mutex<Option<String>>>);
-
-impl Blocker {
-    /// The reason loading is blocked, if it is.
-    pub fn reason(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, reason: String) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-    }
-
-    fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
+    /// What the loops' batches say about readiness, for `/readyz`.
+    pub readiness: Readiness,
 }
 
 /// What the loops of one process share.
@@ -124,12 +100,12 @@ pub async fn run(
     let mut failure = None;
     while let Some(joined) = loops.join_next().await {
         if let Err(e) = joined {
-            tracing::error!(error = %e, "A loader loop panicked; stopping the others");
+            LoaderLoopPanicked { error: &e }.emit(&state.metrics);
             cancel.cancel();
             failure.get_or_insert(e);
         }
     }
-    tracing::info!("Loader stopped");
+    LoaderStopped.emit(&state.metrics);
     match failure {
         Some(e) => Err(anyhow::Error::new(e).context("a loader loop panicked")),
         None => Ok(()),
@@ -146,6 +122,9 @@ struct LoopContext {
     cancel: CancellationToken,
 }
 
+/// One loader loop. Its span (`loader=<index>`) is on every log line it emits, so the lines of
+/// loaders working side by side can be told apart.
+#[tracing::instrument(name = "loader", skip_all, fields(loader = ctx.index))]
 async fn run_loop(ctx: LoopContext) {
     let LoopContext {
         index,
@@ -162,16 +141,16 @@ async fn run_loop(ctx: LoopContext) {
     let mut changes = shared.discovery.subscribe();
     while !cancel.is_cancelled() {
         let scan = shared.discovery.scan().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "Cannot list the input directory");
+            DirectoryUnlistable { error: &e }.emit(&state.metrics);
             Scan::default()
         });
         report_future_mtimes(&scan, &state.metrics);
         if index == 0 {
-            prune_if_due(&settings, &pool, &mut last_prune).await;
+            prune_if_due(&settings, &pool, &state.metrics, &mut last_prune).await;
         }
         skipped.retain(|_, until| *until > Instant::now());
         if scan.ready.is_empty() {
-            state.blocker.clear();
+            state.readiness.nothing_to_load();
         }
         let ready: Vec<Candidate> = scan
             .ready
@@ -195,10 +174,7 @@ async fn run_loop(ctx: LoopContext) {
         .emit(&state.metrics);
         match loaded {
             Ok(outcomes) => {
-                state.database_ok.store(true, Ordering::Relaxed);
-                state.metrics.set_database_up(true);
-                state.metrics.set_ready(true);
-                state.blocker.clear();
+                state.readiness.batch_committed();
                 backoff.reset();
                 breaker.succeeded();
                 BatchCommitted {
@@ -211,23 +187,23 @@ async fn run_loop(ctx: LoopContext) {
                 }
             }
             Err(error) if classify(&error) == Failure::RowData => {
-                state.metrics.set_database_up(true);
+                state.readiness.data_refused();
                 // The database is up but refuses some file's rows: narrow it down to the file
                 // and set that file aside, instead of retrying the same batch forever.
                 match breaker.failed(batch) {
                     Some(culprit) => {
                         quarantine(&settings, &pool, &state.metrics, &culprit, &error).await
                     }
-                    None => {
-                        tracing::warn!(error.message = %error, files = batch.len(), "PostgreSQL refused the data of a batch; retrying file by file")
+                    None => BatchDataRefused {
+                        error: &error,
+                        files: batch.len(),
                     }
+                    .emit(&state.metrics),
                 }
             }
             Err(error) => {
-                state.database_ok.store(false, Ordering::Relaxed);
-                state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
-                state.metrics.set_database_up(reached_database(&error));
+                let mut blocked = None;
                 if let Failure::Blocking(db) = classify(&error) {
                     // No file is to blame and no retry fixes it: say why on /readyz, and keep
                     // backing off (never quarantining) until an operator has fixed it.
@@ -243,7 +219,7 @@ async fn run_loop(ctx: LoopContext) {
                         retry_in,
                     }
                     .emit(&state.metrics);
-                    state.blocker.set(reason);
+                    blocked = Some(reason);
                 } else {
                     DatabaseFailed {
                         error: &error,
@@ -251,6 +227,9 @@ async fn run_loop(ctx: LoopContext) {
                     }
                     .emit(&state.metrics);
                 }
+                state
+                    .readiness
+                    .batch_failed(reached_database(&error), blocked);
                 drop(claimed);
                 tokio::select! {
                     () = tokio::time::sleep(retry_in) => {}
@@ -387,14 +366,20 @@ async fn quarantine(
             .emit(metrics);
             match lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id) {
                 Ok(moved) => report_move(metrics, candidate, file_id, &moved),
-                Err(e) => {
-                    tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a quarantined file")
+                Err(e) => FileNotMoved {
+                    name: &candidate.name,
+                    which: UnmovedFile::Quarantined,
+                    error: &e,
                 }
+                .emit(metrics),
             }
         }
-        Err(e) => {
-            tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot quarantine a file PostgreSQL refuses")
+        Err(e) => FileNotMoved {
+            name: &candidate.name,
+            which: UnmovedFile::NotQuarantined,
+            error: &e,
         }
+        .emit(metrics),
     }
 }
 
@@ -460,15 +445,22 @@ fn finish(
             None
         }
         FileOutcome::Retry(why) => {
-            tracing::warn!(file = %candidate.name, reason = %why, "File not loaded this time; will retry");
+            FileRetried {
+                name: &candidate.name,
+                reason: &why,
+            }
+            .emit(metrics);
             None
         }
     };
     match moved {
         Some((file_id, Ok(moved))) => report_move(metrics, candidate, file_id, &moved),
-        Some((_, Err(e))) => {
-            tracing::error!(file = %candidate.name, error.cause_chain = ?e, "Cannot move a finished file; it will be healed on the next scan");
+        Some((_, Err(e))) => FileNotMoved {
+            name: &candidate.name,
+            which: UnmovedFile::Finished,
+            error: &e,
         }
+        .emit(metrics),
         None => {}
     }
     // Whatever happened, give the directory a moment before looking at this path again.
@@ -576,7 +568,12 @@ fn observe_backlog(scan: &Scan, metrics: &Metrics) {
     .emit(metrics);
 }
 
-async fn prune_if_due(settings: &Settings, pool: &Pool, last: &mut Option<Instant>) {
+async fn prune_if_due(
+    settings: &Settings,
+    pool: &Pool,
+    metrics: &Metrics,
+    last: &mut Option<Instant>,
+) {
     let Some(days) = settings.ledger_retention_days else {
         return;
     };
@@ -588,11 +585,11 @@ async fn prune_if_due(settings: &Settings, pool: &Pool, last: &mut Option<Instan
         Ok(conn) => ledger::prune(&conn, days).await,
         Err(e) => Err(anyhow::Error::new(e)),
     };
-    match pruned {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(entries = n, days, "Pruned old ledger entries"),
-        Err(e) => tracing::warn!(error = %e, "Cannot prune the ledger; will try again later"),
+    LedgerPruned {
+        result: &pruned,
+        days,
     }
+    .emit(metrics);
 }
 
 /// Capped exponential backoff with jitter (each delay drawn between half and all of the cap):

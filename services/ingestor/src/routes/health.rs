@@ -2,7 +2,6 @@
 //! replica); readiness does, and says why it is not ready, including when the database answers
 //! but refuses the loader's work in a way no retry fixes.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -17,7 +16,7 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`, `GET /livez`: the process answers and its loader tasks run.
 pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.loader_alive.load(Ordering::Relaxed) {
+    if state.readiness.loader_alive() {
         (StatusCode::OK, Json(json!({ "status": "alive" })))
     } else {
         (
@@ -31,16 +30,17 @@ pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 /// (a missing table, column or privilege, a setting PostgreSQL rejects), and the database
 /// answers `SELECT 1`.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let verdict = if !state.loader_alive.load(Ordering::Relaxed) {
+    let mut database_answered = None;
+    let verdict = if !state.readiness.loader_alive() {
         Err("loader is not running".to_owned())
-    } else if let Some(reason) = state.blocker.reason() {
+    } else if let Some(reason) = state.readiness.blocked_reason() {
         Err(reason)
     } else {
         let checked = check_database(&state).await;
-        state.metrics.set_database_up(checked.is_ok());
+        database_answered = Some(checked.is_ok());
         checked
     };
-    state.metrics.set_ready(verdict.is_ok());
+    state.readiness.probed(database_answered, verdict.is_ok());
     match verdict {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(reason) => (

@@ -7,7 +7,6 @@ mod status;
 
 pub use status::{StatusSnapshot, REFRESH_INTERVAL};
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -15,7 +14,7 @@ use axum::Router;
 
 use crate::config::Settings;
 use crate::internal_events::Metrics;
-use crate::pipeline::worker::Blocker;
+use crate::readiness::Readiness;
 use crate::store::Pool;
 
 /// What the handlers read.
@@ -25,12 +24,10 @@ pub struct AppState {
     pub pool: Pool,
     /// The metrics registry.
     pub metrics: Metrics,
-    /// Whether the directory watcher / loader loop is alive.
-    pub loader_alive: Arc<AtomicBool>,
     /// The service settings (`/status` reads the input directory and the ledger with them).
     pub settings: Arc<Settings>,
-    /// Why loading is blocked by an error no retry fixes, if it is (`/readyz` reports it).
-    pub blocker: Blocker,
+    /// Whether the loader runs and what blocks it, if anything (`/healthz`, `/readyz`).
+    pub readiness: Readiness,
     /// The `/status` report, gathered at most once a second over at most one connection.
     pub status: StatusSnapshot,
 }

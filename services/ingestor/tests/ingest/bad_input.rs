@@ -14,7 +14,7 @@ use event_contract::{
     EventReader, ExtraColumnPolicy, ValidationContext, DEFAULT_MAX_RECORD_BYTES, HEADER_LINE,
 };
 use ingestor::model::FileIdentity;
-use ingestor::pipeline::reader::{read_rows, ReadMessage, ReadOptions};
+use ingestor::pipeline::reader::{read_rows, ReadEnd, ReadMessage, ReadOptions};
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -1105,7 +1105,7 @@ fn through_pipeline(
                     rows.push((rejected.line, Some(rejected.reason.code())));
                 }
             }
-            ReadMessage::Unreadable(failure) => {
+            ReadMessage::End(ReadEnd::Unreadable(failure)) => {
                 let message = failure.to_string();
                 assert!(
                     !message.contains('\0'),
@@ -1113,8 +1113,10 @@ fn through_pipeline(
                 );
                 end = Some(Err(failure.code()));
             }
-            ReadMessage::Done(identity) => end = Some(Ok(identity)),
-            ReadMessage::Interrupted(e) => panic!("reading a local file broke off: {e}"),
+            ReadMessage::End(ReadEnd::Done(identity)) => end = Some(Ok(identity)),
+            ReadMessage::End(ReadEnd::Interrupted(e)) => {
+                panic!("reading a local file broke off: {e}")
+            }
         }
     }
     reader.join().expect("read_rows panicked");

@@ -1,4 +1,6 @@
-//! What the generator reports about its work, in a Prometheus registry it owns.
+//! Every metric and log line the generator emits, declared in one place (as the ingestor's
+//! `internal_events`): the Prometheus registry it owns, and one type per event, whose `emit`
+//! logs it and moves its metrics.
 //!
 //! Counters move once per **published** file, from that file's [`RowCounts`], never per row: the
 //! write loop is hot, and a reader can only ever see rows of published files, so the counters
@@ -8,14 +10,18 @@
 //! from bounded sets (row kinds, reason codes), never from file names. The process collector's
 //! `process_*` metrics (CPU, memory, descriptors, start time) are registered here too.
 
+use std::net::SocketAddr;
+use std::path::Path;
+
 use event_contract::RejectReason;
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use service_support::{counter_vec, register, register_process_metrics};
 
+use crate::config::Settings;
 use crate::rows::is_injected;
-use crate::summary::RowCounts;
+use crate::summary::{RowCounts, RunSummary};
 
 /// `kind` label values of `generator_events_total`.
 pub const EVENT_KINDS: [&str; 3] = [KIND_VALID, KIND_DUPLICATE, KIND_INVALID];
@@ -136,6 +142,137 @@ impl Metrics {
             buffer.clear();
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// The start-up line: everything needed to reproduce the run, and where metrics are served.
+pub struct GeneratorStarting<'a> {
+    /// The settings, seed and start time resolved.
+    pub settings: &'a Settings,
+    /// The bound HTTP address, when there is a server.
+    pub listen: Option<SocketAddr>,
+}
+
+impl GeneratorStarting<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        let settings = self.settings;
+        tracing::info!(
+            seed = settings.seed,
+            out = %settings.out.display(),
+            rate = settings.rate,
+            rows = settings.rows,
+            files = settings.files,
+            start_time = settings.start_time.map(|t| t.to_rfc3339()),
+            listen = self.listen.map(|a| a.to_string()),
+            "Generator starting"
+        );
+    }
+}
+
+/// A file was published (renamed into the output directory): downstream can see it now.
+pub struct FilePublished<'a> {
+    /// Where.
+    pub path: &'a Path,
+    /// Its rows by kind.
+    pub counts: &'a RowCounts,
+    /// Its size.
+    pub bytes: u64,
+}
+
+impl FilePublished<'_> {
+    /// Logs (at debug: one line per file) and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::debug!(path = %self.path.display(), rows = self.counts.rows, bytes = self.bytes, "File published");
+        m.file_published(self.counts, self.bytes);
+    }
+}
+
+/// The run is over: what it produced, for the exit summary line.
+pub struct GeneratorFinished<'a> {
+    /// The run's summary.
+    pub summary: &'a RunSummary,
+}
+
+impl GeneratorFinished<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        let summary = self.summary;
+        tracing::info!(
+            seed = summary.seed,
+            files = summary.files,
+            rows = summary.published.rows,
+            valid = summary.published.valid,
+            late = summary.published.late,
+            duplicates = summary.published.duplicates,
+            invalid = summary.published.invalid,
+            invalid_by_reason = %serde_json::to_string(&summary.published.invalid_by_reason).unwrap_or_default(),
+            discarded_rows = summary.discarded_rows,
+            elapsed_seconds = summary.elapsed_seconds,
+            rows_per_second = summary.rows_per_second(),
+            "Generator finished"
+        );
+    }
+}
+
+/// The run failed; the process exits 1.
+pub struct GeneratorFailed<'a> {
+    /// The error with its cause chain.
+    pub error: &'a anyhow::Error,
+}
+
+impl GeneratorFailed<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::error!(error.cause_chain = ?self.error, error.message = %self.error, "Generator failed");
+    }
+}
+
+/// SIGINT or SIGTERM: the file being written is discarded, never published half-written.
+pub struct ShutdownRequested;
+
+impl ShutdownRequested {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::info!("Shutdown requested; discarding the file in progress");
+    }
+}
+
+/// HTTP clients still connected when the drain timeout ended are cut off.
+pub struct HttpDrainTimedOut;
+
+impl HttpDrainTimedOut {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::warn!("HTTP drain timeout reached; closing the connections still open");
+    }
+}
+
+/// A temp file of an earlier run that died before publishing it is removed at start-up.
+pub struct StaleTempFileRemoved<'a> {
+    /// The temp file.
+    pub path: &'a Path,
+}
+
+impl StaleTempFileRemoved<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::warn!(path = %self.path.display(), "Removing a temp file left by an earlier run");
+    }
+}
+
+/// A discarded file's temp file could not be removed (the next start removes it).
+pub struct TempFileNotRemoved<'a> {
+    /// The temp file.
+    pub path: &'a Path,
+    /// Why.
+    pub error: &'a std::io::Error,
+}
+
+impl TempFileNotRemoved<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::error!(path = %self.path.display(), error = %self.error, "Cannot remove temp file");
     }
 }
 
