@@ -22,12 +22,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::internal_events::{DatabaseIdentityUnavailable, DirectoryClaimed, Metrics};
 use crate::model::{DatabaseIdentity, DirectoryClaim};
+use crate::store::identity::read_identity;
+use crate::store::pool::{classify, Failure};
 use crate::store::Pool;
 
 /// The marker's file name in the input directory. Hidden, so discovery never takes it for an
@@ -171,39 +172,6 @@ fn write_new(dir: &Path, marker: &Path, ours: &DatabaseIdentity) -> anyhow::Resu
     }
 }
 
-/// The identity of the database `client` is connected to.
-///
-/// # Errors
-/// When the query fails; when the role may not run `pg_control_system()` the error says which
-/// GRANT fixes it. There is no fallback: the database's OID or the server's address is the same
-/// on two fresh servers (or differs for one server reached two ways), and the schema creates no
-/// row of its own that could serve (its three tables hold events and the ledger only).
-pub async fn read_identity(client: &tokio_postgres::Client) -> anyhow::Result<DatabaseIdentity> {
-    let row = client
-        .query_one(
-            "SELECT system_identifier, current_database()::text FROM pg_control_system()",
-            &[],
-        )
-        .await
-        .map_err(|e| {
-            let denied = e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE);
-            let error = anyhow::Error::new(e);
-            if denied {
-                error.context(
-                    "this role may not run pg_control_system(), which names the server so that \
-                     one input directory is never loaded into two databases; as an \
-                     administrator run `GRANT EXECUTE ON FUNCTION pg_control_system() TO <role>`",
-                )
-            } else {
-                error.context("cannot read the database's system identifier")
-            }
-        })?;
-    Ok(DatabaseIdentity {
-        system_identifier: row.get(0),
-        database: row.get(1),
-    })
-}
-
 /// Waits for the database, then claims the input directory for it ([`claim`]). Returns when
 /// the claim holds or `cancel` fires; the loader starts only after it.
 ///
@@ -241,7 +209,7 @@ pub async fn claim_directory(
                 .emit(metrics);
                 return Ok(());
             }
-            Err(e) if crate::store::pool::has_sqlstate(&e, &SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Err(e) if matches!(classify(&e), Failure::PermissionDenied(_)) => {
                 return Err(e);
             }
             Err(error) => {

@@ -9,7 +9,6 @@ use anyhow::Context;
 use event_contract::RejectReason;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +18,7 @@ use crate::model::{FileFailure, FileStamp, LedgerStatus, LineCounts};
 use crate::source::Candidate;
 use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
-use crate::store::pool::has_sqlstate;
+use crate::store::pool::{classify, Failure};
 use crate::store::recent_ids::{CommittedIds, RecentIds};
 use crate::store::Pool;
 
@@ -270,9 +269,7 @@ async fn load_file(
     };
     let (end, mut loaded) = match stream_file(&mut sp, settings, file, file_id, known).await {
         Ok(streamed) => streamed,
-        Err(e)
-            if has_sqlstate(&e, &SqlState::LOCK_NOT_AVAILABLE) && !CopyNotStarted::caused(&e) =>
-        {
+        Err(e) if classify(&e) == Failure::Conflict && !CopyNotStarted::caused(&e) => {
             // Some of its events are being inserted by another in-flight transaction: undo
             // this file and take it again once that one has committed (it will then count
             // those events as duplicates), instead of waiting with the whole batch. A COPY that

@@ -186,47 +186,43 @@ async fn run_loop(ctx: LoopContext) {
                     finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
                 }
             }
-            Err(error) if classify(&error) == Failure::RowData => {
-                state.readiness.data_refused();
-                // The database is up but refuses some file's rows: narrow it down to the file
-                // and set that file aside, instead of retrying the same batch forever.
-                match breaker.failed(batch) {
-                    Some(culprit) => {
-                        quarantine(&settings, &pool, &state.metrics, &culprit, &error).await
-                    }
-                    None => BatchDataRefused {
-                        error: &error,
-                        files: batch.len(),
-                    }
-                    .emit(&state.metrics),
-                }
-            }
             Err(error) => {
-                let retry_in = backoff.next_delay();
-                let mut blocked = None;
-                if let Failure::Blocking(db) = classify(&error) {
-                    // No file is to blame and no retry fixes it: say why on /readyz, and keep
-                    // backing off (never quarantining) until an operator has fixed it.
-                    let reason = format!(
-                        "loading fails and no retry fixes it: {} (SQLSTATE {}); fix the schema, \
-                         the grants or the setting, and loading resumes by itself",
-                        db.message(),
-                        db.code().code()
-                    );
-                    LoadingBlocked {
-                        error: &error,
-                        reason: &reason,
-                        retry_in,
-                    }
-                    .emit(&state.metrics);
-                    blocked = Some(reason);
-                } else {
-                    DatabaseFailed {
-                        error: &error,
-                        retry_in,
-                    }
-                    .emit(&state.metrics);
+                let failure = classify(&error);
+                if failure == Failure::RowData {
+                    state.readiness.data_refused();
+                    // The database is up but refuses some file's rows: narrow it down to the
+                    // file and set that file aside, instead of retrying the batch forever.
+                    set_aside_refused(&settings, &pool, &state, &mut breaker, batch, &error).await;
+                    continue;
                 }
+                let retry_in = backoff.next_delay();
+                let blocked = match failure {
+                    Failure::Blocking(db) | Failure::PermissionDenied(db) => {
+                        // No file is to blame and no retry fixes it: say why on /readyz, and
+                        // keep backing off (never quarantining) until an operator fixed it.
+                        let reason = format!(
+                            "loading fails and no retry fixes it: {} (SQLSTATE {}); fix the \
+                             schema, the grants or the setting, and loading resumes by itself",
+                            db.message(),
+                            db.code().code()
+                        );
+                        LoadingBlocked {
+                            error: &error,
+                            reason: &reason,
+                            retry_in,
+                        }
+                        .emit(&state.metrics);
+                        Some(reason)
+                    }
+                    Failure::RowData | Failure::Conflict | Failure::Transient => {
+                        DatabaseFailed {
+                            error: &error,
+                            retry_in,
+                        }
+                        .emit(&state.metrics);
+                        None
+                    }
+                };
                 state
                     .readiness
                     .batch_failed(reached_database(&error), blocked);
@@ -237,6 +233,26 @@ async fn run_loop(ctx: LoopContext) {
                 }
             }
         }
+    }
+}
+
+/// A batch whose data PostgreSQL refused: several files are retried one by one; a file that
+/// is refused alone (three times in a row) is quarantined.
+async fn set_aside_refused(
+    settings: &Settings,
+    pool: &Pool,
+    state: &WorkerState,
+    breaker: &mut DataErrorBreaker,
+    batch: &[Candidate],
+    error: &anyhow::Error,
+) {
+    match breaker.failed(batch) {
+        Some(culprit) => quarantine(settings, pool, &state.metrics, &culprit, error).await,
+        None => BatchDataRefused {
+            error,
+            files: batch.len(),
+        }
+        .emit(&state.metrics),
     }
 }
 

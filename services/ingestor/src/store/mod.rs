@@ -3,6 +3,7 @@
 //! pipeline owns, so a file's rows, its rejections and its ledger entry commit together.
 
 pub mod copy;
+pub mod identity;
 pub mod ledger;
 pub mod ledger_report;
 pub mod pool;

@@ -276,9 +276,15 @@ pub enum Failure<'a> {
     /// PostgreSQL refused a row's data (a genuine row-data SQLSTATE): the file responsible is
     /// narrowed down and quarantined.
     RowData,
-    /// An error no retry fixes: the schema, the grants, the database or one of our own settings
-    /// does not fit (the error PostgreSQL gave). An operator must act; until then the loader
-    /// backs off and `/readyz` says why it is not ready. Never a reason to quarantine a file.
+    /// Another in-flight transaction holds a lock this one waited for longer than
+    /// `conflict_wait_ms` (`lock_timeout`, 55P03): typically it is inserting some of the same
+    /// event ids. The file is taken again once that transaction ended.
+    Conflict,
+    /// The role lacks a privilege (42501): a GRANT fixes it, nothing else does.
+    PermissionDenied(&'a DbError),
+    /// An error no retry fixes: the schema, the database or one of our own settings does not
+    /// fit (the error PostgreSQL gave). An operator must act; until then the loader backs off
+    /// and `/readyz` says why it is not ready. Never a reason to quarantine a file.
     Blocking(&'a DbError),
     /// Anything else (connection lost, timeouts, locks, restarts): retried with backoff.
     Transient,
@@ -325,7 +331,11 @@ pub fn classify(error: &anyhow::Error) -> Failure<'_> {
         return Failure::Transient;
     };
     let code = db.code().code();
-    if code.starts_with("42") || BLOCKING_STATES.contains(&code) {
+    if db.code() == &SqlState::INSUFFICIENT_PRIVILEGE {
+        Failure::PermissionDenied(db)
+    } else if db.code() == &SqlState::LOCK_NOT_AVAILABLE {
+        Failure::Conflict
+    } else if code.starts_with("42") || BLOCKING_STATES.contains(&code) {
         Failure::Blocking(db)
     } else if ROW_DATA_STATES.contains(&code) {
         Failure::RowData

@@ -219,6 +219,8 @@ async fn only_row_data_sqlstates_are_taken_for_bad_row_data() {
         ("INSERT INTO t VALUES (3, 1, NULL)", "row"),
         ("INSERT INTO t VALUES (4, 1, 'abc')", "row"),
         ("INSERT INTO t VALUES (1, 1, 'a')", "transient"),
+        // Last: it leaves the session in the least-privilege role, which may not read `t`.
+        ("SET ROLE ingestor; SELECT * FROM t", "permission"),
     ];
     let mut got = Vec::new();
     for (sql, _) in cases {
@@ -227,6 +229,8 @@ async fn only_row_data_sqlstates_are_taken_for_bad_row_data() {
             Failure::RowData => "row".to_owned(),
             Failure::Blocking(db) => format!("blocking {}", db.code().code()),
             Failure::Transient => "transient".to_owned(),
+            Failure::PermissionDenied(db) => format!("permission {}", db.code().code()),
+            Failure::Conflict => "conflict".to_owned(),
         });
     }
 
@@ -240,7 +244,8 @@ async fn only_row_data_sqlstates_are_taken_for_bad_row_data() {
             "row",
             "row",
             "row",
-            "transient"
+            "transient",
+            "permission 42501"
         ]
     );
 }
