@@ -13,6 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::GlobalArgs;
+use crate::store::tls::{take_tls_parameters, SslMode, Tls, TlsParameters};
 
 /// Prefix of the environment variables that configure the ingestor, e.g. `INGESTOR_INPUT_DIR`.
 pub const ENV_PREFIX: &str = "INGESTOR_";
@@ -76,6 +77,12 @@ pub struct RawSettings {
     pub database_url: String,
     /// File holding the database password (e.g. a Compose secret); overrides one in the URL.
     pub database_password_file: Option<PathBuf>,
+    /// libpq's `sslmode` (disable, prefer, require, verify-ca, verify-full); overrides one in
+    /// the URL; default `prefer`.
+    pub database_sslmode: Option<String>,
+    /// PEM file of the CA certificates the server's certificate must chain to (libpq's
+    /// `sslrootcert`); overrides one in the URL.
+    pub database_sslrootcert: Option<PathBuf>,
     /// HTTP listen address for /metrics, /healthz, /readyz.
     pub listen: String,
     /// Name of this instance in the ledger's `claimed_by` (default: host name and pid).
@@ -139,6 +146,8 @@ impl Default for RawSettings {
             after_load: AfterLoad::Archive,
             database_url: "postgres://ingestor@127.0.0.1:5432/events".into(),
             database_password_file: None,
+            database_sslmode: None,
+            database_sslrootcert: None,
             listen: "127.0.0.1:9100".into(),
             instance_id: None,
             rescan_interval_ms: 1_000,
@@ -182,6 +191,8 @@ pub struct Settings {
     pub database: tokio_postgres::Config,
     /// The connection string with any password masked, for logs.
     pub database_display: String,
+    /// TLS to PostgreSQL: every connection uses its connector.
+    pub tls: Tls,
     /// HTTP listen address.
     pub listen: SocketAddr,
     /// This instance's name in the ledger.
@@ -293,12 +304,47 @@ pub fn mask_password(url: &str) -> String {
 }
 
 impl RawSettings {
+    /// The TLS settings: `database_sslmode` and `database_sslrootcert` where set, else the
+    /// URL's `sslmode` and `sslrootcert`, else libpq's default (`prefer`, no root certificate).
+    fn tls_settings(&self, from_url: &TlsParameters) -> Result<Tls, ConfigError> {
+        let (key, mode) = match (&self.database_sslmode, &from_url.sslmode) {
+            (Some(mode), _) => ("database_sslmode", mode.as_str()),
+            (None, Some(mode)) => ("database_url", mode.as_str()),
+            (None, None) => ("database_sslmode", "prefer"),
+        };
+        let mode = SslMode::parse(mode).ok_or_else(|| {
+            invalid(
+                key,
+                if key == "database_url" {
+                    mask_password(&self.database_url)
+                } else {
+                    mode.to_owned()
+                },
+                format!("sslmode must be {}", SslMode::VALUES),
+            )
+        })?;
+        let root_cert = self
+            .database_sslrootcert
+            .clone()
+            .or_else(|| from_url.sslrootcert.as_ref().map(PathBuf::from));
+        let shown = root_cert.as_ref().map(|p| p.display().to_string());
+        Tls::new(mode, root_cert).map_err(|e| {
+            let value = match e.key {
+                "database_sslrootcert" => shown.unwrap_or_default(),
+                _ => mode.as_str().to_owned(),
+            };
+            invalid(e.key, value, e.reason)
+        })
+    }
+
     /// Checks every value.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first unusable key.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let mut database: tokio_postgres::Config = self.database_url.parse().map_err(|e| {
+        let tls_parameters = take_tls_parameters(&self.database_url);
+        let tls = self.tls_settings(&tls_parameters)?;
+        let mut database: tokio_postgres::Config = tls_parameters.rest.parse().map_err(|e| {
             invalid(
                 "database_url",
                 mask_password(&self.database_url),
@@ -315,6 +361,7 @@ impl RawSettings {
             })?;
             database.password(password.trim_end_matches(['\r', '\n']));
         }
+        database.ssl_mode(tls.negotiation());
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             invalid(
                 "listen",
@@ -422,6 +469,7 @@ impl RawSettings {
         Ok(Settings {
             database_display: mask_password(&self.database_url),
             database,
+            tls,
             listen,
             instance_id: self.instance_id.unwrap_or_else(default_instance_id),
             rescan_interval: ms(self.rescan_interval_ms),

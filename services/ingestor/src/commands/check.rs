@@ -105,6 +105,7 @@ pub async fn run(settings: &Settings) -> bool {
     check_dir(&mut report, "archive", &settings.archive_dir, may_create);
     check_dir(&mut report, "failed", &settings.failed_dir, may_create);
     println!("database");
+    report.pass(&format!("TLS {}", settings.tls.describe()));
     match connect_once(settings, "ingestor-check").await {
         Err(e) => report.fail(&format!("{e:#}")),
         Ok(client) => {

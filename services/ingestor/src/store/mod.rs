@@ -6,6 +6,7 @@ pub mod copy;
 pub mod ledger;
 pub mod pool;
 pub mod recent_ids;
+pub mod tls;
 
 pub use pool::{
     build_pool, classify, connect_once, explain, ConnectError, Failure, Pool, PoolError,

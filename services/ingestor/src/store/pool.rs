@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
+use rustls::CertificateError;
 use tokio_postgres::error::{DbError, SqlState};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::Settings;
+use crate::store::tls::Connector;
 
 /// The pool used throughout the service: bb8's, plus the last reason a connection could not be
 /// opened.
@@ -109,7 +111,7 @@ impl ConnectFailures {
 /// also records why the latest connection attempt failed (see [`Pool`]).
 #[derive(Debug)]
 pub struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
+    inner: PostgresConnectionManager<Connector>,
     failures: ConnectFailures,
 }
 
@@ -217,7 +219,7 @@ pub fn session_config(settings: &Settings) -> tokio_postgres::Config {
 pub fn build_pool(settings: &Settings) -> Pool {
     let failures = ConnectFailures::default();
     let manager = Manager {
-        inner: PostgresConnectionManager::new(session_config(settings), NoTls),
+        inner: PostgresConnectionManager::new(session_config(settings), settings.tls.connector()),
         failures: failures.clone(),
     };
     let inner = bb8::Pool::builder()
@@ -336,11 +338,14 @@ pub async fn connect_once(
 ) -> anyhow::Result<tokio_postgres::Client> {
     let mut config = session_config(settings);
     config.application_name(app_name);
-    let (client, connection) = config.connect(NoTls).await.map_err(|error| ConnectError {
-        target: settings.database_display.clone(),
-        explanation: explain(&error),
-        error,
-    })?;
+    let (client, connection) = config
+        .connect(settings.tls.connector())
+        .await
+        .map_err(|error| ConnectError {
+            target: settings.database_display.clone(),
+            explanation: explain(&error),
+            error,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Command connection closed");
@@ -367,7 +372,7 @@ pub fn explain(error: &tokio_postgres::Error) -> String {
         {
             (
                 "TLS required",
-                "the server accepts this connection only over TLS (a `hostssl` line in pg_hba.conf), and the ingestor connects without TLS: allow it in pg_hba.conf (`host` for its address), or connect through a TLS-terminating proxy",
+                "the server accepts this connection only over TLS (a `hostssl` line in pg_hba.conf), and the ingestor connected without TLS: set sslmode=require, or verify-full with sslrootcert, in DATABASE_URL (or database_sslmode), or allow plain connections in pg_hba.conf",
             )
         } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
             (
@@ -421,9 +426,26 @@ pub fn explain(error: &tokio_postgres::Error) -> String {
             "authentication failed",
             "the server demands a password and none is configured: set database_password_file, or put the password in DATABASE_URL",
         ),
+        _ if text.contains("server does not support TLS") => (
+            "the server does not support TLS, but sslmode requires it",
+            "turn TLS on in PostgreSQL (ssl = on, with ssl_cert_file and ssl_key_file), or set sslmode=prefer (TLS when offered) or disable",
+        ),
+        _ if certificate_error(error).is_some_and(|e| {
+            matches!(
+                e,
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            )
+        }) => (
+            "certificate verify failed: the host name does not match",
+            "the server's certificate does not name the host in DATABASE_URL (sslmode=verify-full checks it): connect by a name the certificate lists, have the certificate issued for this host, or use sslmode=verify-ca (checks the issuer only)",
+        ),
+        _ if certificate_error(error).is_some() => (
+            "certificate verify failed",
+            "the server's certificate is not accepted with the CA in sslrootcert (database_sslrootcert): point it at the PEM file of the CA that issued the server's certificate, and check that certificate's dates",
+        ),
         _ if text.contains("TLS") => (
-            "TLS required",
-            "the ingestor connects without TLS, but DATABASE_URL asks for it (sslmode=require) or the server insists: use sslmode=disable or prefer, or allow connections without TLS on the server",
+            "TLS handshake failed",
+            "see the TLS error; check the server's ssl settings and the sslmode in use",
         ),
         _ if text.contains("failed to lookup address") || text.contains("Name or service not known") => (
             "host not found",
@@ -435,6 +457,24 @@ pub fn explain(error: &tokio_postgres::Error) -> String {
         ),
     };
     format!("{cause}: {text}; {fix}")
+}
+
+/// The certificate check rustls refused the server's certificate with, if it did.
+fn certificate_error(error: &tokio_postgres::Error) -> Option<&CertificateError> {
+    std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| {
+        e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        })
+    })
+    .and_then(|e| match e {
+        rustls::Error::InvalidCertificate(certificate) => Some(certificate),
+        _ => None,
+    })
 }
 
 /// An error and its causes on one line (tokio-postgres's own `Display` shows some of them).

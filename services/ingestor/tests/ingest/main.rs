@@ -11,6 +11,7 @@ mod crash;
 mod dashboards;
 mod database_faults;
 mod database_refusals;
+mod database_tls;
 mod directory_claim;
 mod directory_faults;
 mod end_to_end;
