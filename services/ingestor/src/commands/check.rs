@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use crate::config::Settings;
-use crate::store::connect_once;
+use crate::store::{connect_once, encoding_problem, server_encoding};
+
+/// The schema version this ingestor needs: the number of the newest script in `sql/`, which
+/// each script from `050_schema_version.sql` on records in table `schema_version`.
+pub const SCHEMA_VERSION: i32 = 60;
 
 /// Columns the ingestor writes, per table: the schema from `sql/` must have them.
 const REQUIRED_COLUMNS: [(&str, &[&str]); 3] = [
@@ -110,6 +114,8 @@ pub async fn run(settings: &Settings) -> bool {
         Err(e) => report.fail(&format!("{e:#}")),
         Ok(client) => {
             report.pass("reachable");
+            check_encoding(&mut report, &client).await;
+            check_schema_version(&mut report, &client).await;
             check_schema(&mut report, &client).await;
             check_privileges(&mut report, &client).await;
         }
@@ -153,6 +159,39 @@ fn check_dir(report: &mut Report, role: &str, dir: &Path, may_create: bool) {
             "{role} directory {} is not writable: {e}",
             dir.display()
         )),
+    }
+}
+
+async fn check_encoding(report: &mut Report, client: &tokio_postgres::Client) {
+    match server_encoding(client).await {
+        Err(e) => report.fail(&format!("cannot read the database's encoding: {e}")),
+        Ok(encoding) => match encoding_problem(&encoding) {
+            None => report.pass(&format!("database encoding is {encoding}")),
+            Some(problem) => report.fail(&problem),
+        },
+    }
+}
+
+async fn check_schema_version(report: &mut Report, client: &tokio_postgres::Client) {
+    let newest = SCHEMA_VERSION;
+    match client
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .await
+    {
+        Ok(row) => match row.get::<_, Option<i32>>(0) {
+            Some(version) if version >= newest => {
+                report.pass(&format!("schema version {version} (needs {newest})"))
+            }
+            version => report.fail(&format!(
+                "schema version {} is older than the {newest} this ingestor needs: apply the scripts of sql/ numbered above it, in order (they are safe to apply twice)",
+                version.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
+            )),
+        },
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => report
+            .fail(&format!(
+                "schema version unknown (no table schema_version): the schema predates sql/050_schema_version.sql or was never applied; apply the scripts of sql/ in order (they are safe to apply twice); this ingestor needs version {newest}"
+            )),
+        Err(e) => report.fail(&format!("cannot read the schema version: {e}")),
     }
 }
 

@@ -28,15 +28,21 @@ pub async fn run(settings: Settings, path: &Path) -> anyhow::Result<bool> {
         reader::identify(path).with_context(|| format!("cannot read {}", path.display()))?;
     let client = connect_once(&settings, "ingestor-replay").await?;
     let size = i64::try_from(identity.size).context("file too large")?;
-    // Clearing a failed entry is its own transaction: if the load below then fails or the
-    // process dies, the file is still on disk and replay can simply be run again.
-    let cleared = client
-        .execute(
-            "DELETE FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2 AND status = 'failed'",
+    // Clearing a failed entry (in the ledger, or what retention kept of it) is its own
+    // transaction: if the load below then fails or the process dies, the file is still on disk
+    // and replay can simply be run again.
+    let cleared: i64 = client
+        .query_one(
+            "WITH ledger AS (DELETE FROM ingest_files \
+               WHERE content_hash = $1 AND size_bytes = $2 AND status = 'failed' RETURNING 1), \
+             pruned AS (DELETE FROM pruned_files \
+               WHERE content_hash = $1 AND size_bytes = $2 AND status = 'failed' RETURNING 1) \
+             SELECT (SELECT count(*) FROM ledger) + (SELECT count(*) FROM pruned)",
             &[&identity.hash.as_slice(), &size],
         )
         .await
-        .context("cannot clear the failed ledger entry")?;
+        .context("cannot clear the failed ledger entry")?
+        .get(0);
     if cleared > 0 {
         println!("cleared the earlier failed ledger entry for this content");
     }

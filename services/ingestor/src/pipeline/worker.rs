@@ -29,7 +29,8 @@ use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
 use crate::store::pool::{classify, Failure};
 use crate::store::recent_ids::CommittedIds;
-use crate::store::{ledger, Pool};
+use crate::store::{self, ledger, Pool};
+use tokio_postgres::error::SqlState;
 
 /// How long a file another replica is loading (or that could not be read) is left alone.
 const SKIP_FOR: Duration = Duration::from_millis(500);
@@ -151,6 +152,9 @@ async fn run_loop(ctx: LoopContext) {
     let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
     let mut changes = shared.discovery.subscribe();
+    // Whether the database was seen to be UTF8; checked again after any failed batch, since a
+    // failure may come from a server that is not the one checked (a fail-over, a restore).
+    let mut encoding_checked = false;
     while !cancel.is_cancelled() {
         let scan = shared.discovery.scan().unwrap_or_else(|e| {
             tracing::error!(error = %e, "Cannot list the input directory");
@@ -184,6 +188,28 @@ async fn run_loop(ctx: LoopContext) {
             }
             continue;
         };
+        if !encoding_checked {
+            match check_encoding(&pool).await {
+                Ok(checked) => encoding_checked = checked,
+                Err(reason) => {
+                    drop(claimed);
+                    let retry_in = backoff.next_delay();
+                    state.metrics.set_ready(false);
+                    LoadingBlocked {
+                        error: &anyhow::anyhow!("{reason}"),
+                        reason: &reason,
+                        retry_in,
+                    }
+                    .emit(&state.metrics);
+                    state.blocker.set(reason);
+                    tokio::select! {
+                        () = tokio::time::sleep(retry_in) => {}
+                        () = cancel.cancelled() => {}
+                    }
+                    continue;
+                }
+            }
+        }
         let batch = claimed.files();
         let started = Instant::now();
         match load_batch(&settings, &pool, batch, &cancel, &shared.committed).await {
@@ -215,15 +241,21 @@ async fn run_loop(ctx: LoopContext) {
                 }
             }
             Err(error) => {
+                encoding_checked = false;
                 state.database_ok.store(false, Ordering::Relaxed);
                 state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
                 if let Failure::Blocking(db) = classify(&error) {
                     // No file is to blame and no retry fixes it: say why on /readyz, and keep
                     // backing off (never quarantining) until an operator has fixed it.
+                    let fix = if *db.code() == SqlState::UNTRANSLATABLE_CHARACTER {
+                        "the database's encoding cannot store this text: use a database in UTF8"
+                    } else {
+                        "fix the schema, the grants or the setting"
+                    };
                     let reason = format!(
-                        "loading fails and no retry fixes it: {} (SQLSTATE {}); fix the schema, \
-                         the grants or the setting, and loading resumes by itself",
+                        "loading fails and no retry fixes it: {} (SQLSTATE {}); {fix}, and \
+                         loading resumes by itself",
                         db.message(),
                         db.code().code()
                     );
@@ -248,6 +280,21 @@ async fn run_loop(ctx: LoopContext) {
                 }
             }
         }
+    }
+}
+
+/// Whether the database may be loaded into: `Ok(true)` when it is UTF8, `Ok(false)` when that
+/// cannot be read now (loading then meets and reports the same connection problem), `Err` with
+/// the reason and fix when it is in another encoding. Checked before loading, not learnt from a
+/// failure: a LATIN1 database stores most files and refuses some at random (a name or rejected
+/// line it cannot hold), which leaves a backlog behind one file and the rest split.
+async fn check_encoding(pool: &Pool) -> Result<bool, String> {
+    let Ok(conn) = pool.get().await else {
+        return Ok(false);
+    };
+    match store::server_encoding(&conn).await {
+        Ok(encoding) => store::encoding_problem(&encoding).map_or(Ok(true), Err),
+        Err(_) => Ok(false),
     }
 }
 
@@ -553,7 +600,9 @@ async fn prune_if_due(settings: &Settings, pool: &Pool, last: &mut Option<Instan
     match pruned {
         Ok(0) => {}
         Ok(n) => tracing::info!(entries = n, days, "Pruned old ledger entries"),
-        Err(e) => tracing::warn!(error = %e, "Cannot prune the ledger; will try again later"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "Cannot prune the ledger; will try again later")
+        }
     }
 }
 

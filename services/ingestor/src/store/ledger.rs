@@ -52,10 +52,13 @@ pub async fn claim(
         return Ok(Claim::Busy);
     }
     let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
+    // Content whose entry retention pruned is finished too (sql/060_pruned_files.sql): loaded
+    // again, its events would be duplicates but its rejected rows would be stored twice.
     let inserted = tx
         .query_opt(
             "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by, landed_at) \
-             VALUES ($1, $2, $3, 'loading', $4, $5) \
+             SELECT $1::text, $2::bigint, $3::bytea, 'loading', $4::text, $5::timestamptz \
+             WHERE NOT EXISTS (SELECT FROM pruned_files WHERE content_hash = $3 AND size_bytes = $2) \
              ON CONFLICT ON CONSTRAINT ingest_files_content_key DO NOTHING RETURNING file_id",
             &[&name, &size, &identity.hash.as_slice(), &instance, &landed_at],
         )
@@ -68,7 +71,10 @@ pub async fn claim(
     }
     let row = tx
         .query_one(
-            "SELECT file_id, status FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2",
+            "SELECT file_id, status FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2 \
+             UNION ALL \
+             SELECT file_id, status FROM pruned_files WHERE content_hash = $1 AND size_bytes = $2 \
+             LIMIT 1",
             &[&identity.hash.as_slice(), &size],
         )
         .await
@@ -146,8 +152,10 @@ pub async fn record_failed(
     Ok(row.get(0))
 }
 
-/// Deletes finished ledger entries older than `days` (their rejected rows go with them). The
-/// events' primary key still keeps a pruned file from adding rows if it re-appears.
+/// Deletes finished ledger entries older than `days` (their rejected rows go with them) and, in
+/// the same statement, keeps each one's identity, outcome and counts in `pruned_files`, so the
+/// same content delivered again is recognised as finished ([`claim`]) instead of storing its
+/// rejected rows a second time. Returns how many entries were pruned.
 ///
 /// # Errors
 /// On a database error.
@@ -155,8 +163,14 @@ pub async fn prune(client: &tokio_postgres::Client, days: u32) -> anyhow::Result
     let days = i32::try_from(days).unwrap_or(i32::MAX);
     client
         .execute(
-            "DELETE FROM ingest_files WHERE status IN ('loaded', 'failed') \
-             AND committed_at < now() - make_interval(days => $1)",
+            "WITH pruned AS (DELETE FROM ingest_files WHERE status IN ('loaded', 'failed') \
+               AND committed_at < now() - make_interval(days => $1) \
+               RETURNING content_hash, size_bytes, file_id, status, lines, accepted, duplicates, \
+                 rejected, committed_at) \
+             INSERT INTO pruned_files (content_hash, size_bytes, file_id, status, lines, accepted, \
+               duplicates, rejected, committed_at) \
+             SELECT * FROM pruned \
+             ON CONFLICT ON CONSTRAINT pruned_files_pkey DO NOTHING",
             &[&days],
         )
         .await

@@ -9,5 +9,6 @@ pub mod recent_ids;
 pub mod tls;
 
 pub use pool::{
-    build_pool, classify, connect_once, explain, ConnectError, Failure, Pool, PoolError,
+    build_pool, classify, connect_once, encoding_problem, explain, server_encoding, ConnectError,
+    Failure, Pool, PoolError,
 };

@@ -234,6 +234,30 @@ pub fn build_pool(settings: &Settings) -> Pool {
     Pool { inner, failures }
 }
 
+/// The server encoding the ingestor needs: file names and rejected lines are arbitrary UTF-8
+/// text, and a database in another encoding cannot store some of it (SQLSTATE 22P05).
+const REQUIRED_ENCODING: &str = "UTF8";
+
+/// The database's encoding, in the query that also proves the session answers.
+pub const ENCODING_QUERY: &str = "SELECT current_setting('server_encoding')";
+
+/// Why a database with `encoding` is unfit for loading, with the fix; `None` for UTF8.
+pub fn encoding_problem(encoding: &str) -> Option<String> {
+    (encoding != REQUIRED_ENCODING).then(|| {
+        format!(
+            "the database's encoding is {encoding}, not {REQUIRED_ENCODING}: it cannot store every file name and rejected line (a `€` in LATIN1, any non-Latin name), so nothing is loaded into it; create the database with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0), apply the scripts in sql/ and point DATABASE_URL at it"
+        )
+    })
+}
+
+/// The database's encoding, read through `client`.
+///
+/// # Errors
+/// On a database error.
+pub async fn server_encoding(client: &Client) -> Result<String, tokio_postgres::Error> {
+    Ok(client.query_one(ENCODING_QUERY, &[]).await?.get(0))
+}
+
 /// What a failed loading transaction means for the loader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure<'a> {

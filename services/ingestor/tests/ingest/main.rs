@@ -9,6 +9,7 @@ mod bad_input;
 mod connection_causes;
 mod crash;
 mod dashboards;
+mod database_encoding;
 mod database_faults;
 mod database_refusals;
 mod database_tls;
