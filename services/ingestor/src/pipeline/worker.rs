@@ -160,6 +160,14 @@ async fn run_loop(ctx: LoopContext) {
             tracing::error!(error = %e, "Cannot list the input directory");
             Scan::default()
         });
+        for file in &scan.refused {
+            FileRefused {
+                name: &file.name,
+                kind: file.kind,
+                message: "listed so by the scan; left as it is, never opened",
+            }
+            .emit(&state.metrics);
+        }
         for file in &scan.future {
             FutureModificationTimeSeen {
                 name: &file.name,
@@ -225,6 +233,10 @@ async fn run_loop(ctx: LoopContext) {
                 }
                 .emit(&state.metrics);
                 for (candidate, outcome) in outcomes {
+                    if let FileOutcome::Refused { kind, .. } = &outcome {
+                        // Reported once: the scans that list the name so from now on stay quiet.
+                        shared.discovery.mark_refused(&candidate.name, kind);
+                    }
                     finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
                 }
             }
