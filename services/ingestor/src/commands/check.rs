@@ -49,7 +49,7 @@ const REQUIRED_COLUMNS: [(&str, &[&str]); 3] = [
     ),
 ];
 /// Privileges the ingestor needs: (table, privilege).
-const NEEDED: [(&str, &str); 8] = [
+const NEEDED: [(&str, &str); 10] = [
     ("events", "SELECT"),
     ("events", "INSERT"),
     ("ingest_files", "SELECT"),
@@ -58,6 +58,8 @@ const NEEDED: [(&str, &str); 8] = [
     ("ingest_files", "DELETE"),
     ("rejected_rows", "SELECT"),
     ("rejected_rows", "INSERT"),
+    ("pruned_files", "SELECT"),
+    ("pruned_files", "INSERT"),
 ];
 /// Privileges it should not have: least privilege means no rewriting history.
 const EXCESSIVE: [(&str, &str); 3] = [

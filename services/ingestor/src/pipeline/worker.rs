@@ -29,7 +29,7 @@ use crate::lifecycle;
 use crate::source::{Candidate, Discovery, Scan};
 use crate::store::pool::{classify, Failure};
 use crate::store::recent_ids::CommittedIds;
-use crate::store::{self, ledger, Pool};
+use crate::store::{ledger, Pool};
 use tokio_postgres::error::SqlState;
 
 /// How long a file another replica is loading (or that could not be read) is left alone.
@@ -152,9 +152,6 @@ async fn run_loop(ctx: LoopContext) {
     let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
     let mut changes = shared.discovery.subscribe();
-    // Whether the database was seen to be UTF8; checked again after any failed batch, since a
-    // failure may come from a server that is not the one checked (a fail-over, a restore).
-    let mut encoding_checked = false;
     while !cancel.is_cancelled() {
         let scan = shared.discovery.scan().unwrap_or_else(|e| {
             tracing::error!(error = %e, "Cannot list the input directory");
@@ -196,28 +193,6 @@ async fn run_loop(ctx: LoopContext) {
             }
             continue;
         };
-        if !encoding_checked {
-            match check_encoding(&pool).await {
-                Ok(checked) => encoding_checked = checked,
-                Err(reason) => {
-                    drop(claimed);
-                    let retry_in = backoff.next_delay();
-                    state.metrics.set_ready(false);
-                    LoadingBlocked {
-                        error: &anyhow::anyhow!("{reason}"),
-                        reason: &reason,
-                        retry_in,
-                    }
-                    .emit(&state.metrics);
-                    state.blocker.set(reason);
-                    tokio::select! {
-                        () = tokio::time::sleep(retry_in) => {}
-                        () = cancel.cancelled() => {}
-                    }
-                    continue;
-                }
-            }
-        }
         let batch = claimed.files();
         let started = Instant::now();
         match load_batch(&settings, &pool, batch, &cancel, &shared.committed).await {
@@ -253,24 +228,12 @@ async fn run_loop(ctx: LoopContext) {
                 }
             }
             Err(error) => {
-                encoding_checked = false;
                 state.database_ok.store(false, Ordering::Relaxed);
                 state.metrics.set_ready(false);
                 let retry_in = backoff.next_delay();
-                if let Failure::Blocking(db) = classify(&error) {
+                if let Some(reason) = blocking_reason(&error) {
                     // No file is to blame and no retry fixes it: say why on /readyz, and keep
                     // backing off (never quarantining) until an operator has fixed it.
-                    let fix = if *db.code() == SqlState::UNTRANSLATABLE_CHARACTER {
-                        "the database's encoding cannot store this text: use a database in UTF8"
-                    } else {
-                        "fix the schema, the grants or the setting"
-                    };
-                    let reason = format!(
-                        "loading fails and no retry fixes it: {} (SQLSTATE {}); {fix}, and \
-                         loading resumes by itself",
-                        db.message(),
-                        db.code().code()
-                    );
                     LoadingBlocked {
                         error: &error,
                         reason: &reason,
@@ -295,18 +258,24 @@ async fn run_loop(ctx: LoopContext) {
     }
 }
 
-/// Whether the database may be loaded into: `Ok(true)` when it is UTF8, `Ok(false)` when that
-/// cannot be read now (loading then meets and reports the same connection problem), `Err` with
-/// the reason and fix when it is in another encoding. Checked before loading, not learnt from a
-/// failure: a LATIN1 database stores most files and refuses some at random (a name or rejected
-/// line it cannot hold), which leaves a backlog behind one file and the rest split.
-async fn check_encoding(pool: &Pool) -> Result<bool, String> {
-    let Ok(conn) = pool.get().await else {
-        return Ok(false);
-    };
-    match store::server_encoding(&conn).await {
-        Ok(encoding) => store::encoding_problem(&encoding).map_or(Ok(true), Err),
-        Err(_) => Ok(false),
+/// What `/readyz` says about a failure no retry fixes, or `None` for any other failure.
+fn blocking_reason(error: &anyhow::Error) -> Option<String> {
+    match classify(error) {
+        Failure::Blocking(db) => {
+            let fix = if *db.code() == SqlState::UNTRANSLATABLE_CHARACTER {
+                "the database's encoding cannot store this text: use a database in UTF8"
+            } else {
+                "fix the schema, the grants or the setting"
+            };
+            Some(format!(
+                "loading fails and no retry fixes it: {} (SQLSTATE {}); {fix}, and loading \
+                 resumes by itself",
+                db.message(),
+                db.code().code()
+            ))
+        }
+        Failure::Unfit(why) => Some(format!("loading cannot begin: {why}")),
+        Failure::RowData | Failure::Transient => None,
     }
 }
 

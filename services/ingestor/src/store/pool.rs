@@ -6,6 +6,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
 use rustls::CertificateError;
@@ -130,6 +131,8 @@ pub struct Manager {
 pub struct Connection {
     client: Client,
     in_doubt: bool,
+    /// The database was seen to be UTF8 ([`confirm_utf8`](Self::confirm_utf8)).
+    utf8: bool,
 }
 
 impl Connection {
@@ -142,6 +145,29 @@ impl Connection {
     /// The exchange ended as expected: the session may go back to the pool.
     pub fn settle(&mut self) {
         self.in_doubt = false;
+    }
+
+    /// Confirms, once per session, that the database is UTF8 before anything is loaded into
+    /// it: a database in another encoding stores most files and refuses some (a name or a
+    /// rejected line it cannot hold), which would leave the backlog stuck behind one file and
+    /// the rest split between databases after the fix.
+    ///
+    /// # Errors
+    /// [`NotUtf8`] with the reason and the fix; a database error if the encoding cannot be read.
+    pub async fn confirm_utf8(&mut self) -> anyhow::Result<()> {
+        if !self.utf8 {
+            // In doubt while the reply is awaited: a cancellation would leave it unread.
+            self.doubt();
+            let encoding = server_encoding(&self.client)
+                .await
+                .context("cannot read the database's encoding")?;
+            self.settle();
+            if let Some(problem) = encoding_problem(&encoding) {
+                return Err(NotUtf8(problem).into());
+            }
+            self.utf8 = true;
+        }
+        Ok(())
     }
 }
 
@@ -170,6 +196,7 @@ impl ManageConnection for Manager {
                 Ok(Connection {
                     client,
                     in_doubt: false,
+                    utf8: false,
                 })
             }
             Err(e) => {
@@ -250,6 +277,11 @@ pub fn encoding_problem(encoding: &str) -> Option<String> {
     })
 }
 
+/// The database is not UTF8: the reason and the fix ([`encoding_problem`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotUtf8(pub String);
+
 /// The database's encoding, read through `client`.
 ///
 /// # Errors
@@ -268,6 +300,9 @@ pub enum Failure<'a> {
     /// does not fit (the error PostgreSQL gave). An operator must act; until then the loader
     /// backs off and `/readyz` says why it is not ready. Never a reason to quarantine a file.
     Blocking(&'a DbError),
+    /// The database is unfit for loading (see [`NotUtf8`]), found before loading began: as
+    /// `Blocking`, with the reason and the fix.
+    Unfit(&'a str),
     /// Anything else (connection lost, timeouts, locks, restarts): retried with backoff.
     Transient,
 }
@@ -305,6 +340,12 @@ const BLOCKING_STATES: [&str; 5] = ["22023", "22P05", "3D000", "3F000", "25006"]
 /// Decides, in one place, what a loading error means (see [`Failure`]). The first PostgreSQL
 /// error in the chain decides; without one (connection lost, pool timeout) it is transient.
 pub fn classify(error: &anyhow::Error) -> Failure<'_> {
+    if let Some(NotUtf8(why)) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<NotUtf8>())
+    {
+        return Failure::Unfit(why);
+    }
     let Some(db) = error.chain().find_map(|cause| {
         cause
             .downcast_ref::<tokio_postgres::Error>()
