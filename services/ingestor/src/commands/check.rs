@@ -115,7 +115,7 @@ pub async fn run(settings: &Settings) -> bool {
     match connect_once(settings, "ingestor-check").await {
         Err(e) => report.fail(&format!("{e:#}")),
         Ok(client) => {
-            report.pass("reachable");
+            report.pass(&format!("reachable, {}", transport(&client).await));
             check_encoding(&mut report, &client).await;
             check_schema_version(&mut report, &client).await;
             check_schema(&mut report, &client).await;
@@ -161,6 +161,24 @@ fn check_dir(report: &mut Report, role: &str, dir: &Path, may_create: bool) {
             "{role} directory {} is not writable: {e}",
             dir.display()
         )),
+    }
+}
+
+/// How this session reached the server, as the server saw it (`pg_stat_ssl`).
+async fn transport(client: &tokio_postgres::Client) -> String {
+    match client
+        .query_one(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) if row.get::<_, bool>(0) => format!(
+            "over TLS ({})",
+            row.get::<_, Option<String>>(1).unwrap_or_default()
+        ),
+        Ok(_) => "without TLS".to_owned(),
+        Err(e) => format!("transport unknown ({e})"),
     }
 }
 

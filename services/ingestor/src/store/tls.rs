@@ -170,6 +170,11 @@ impl Tls {
             (_, Some(root)) => format!("certificate checked against {}", root.display()),
             (_, None) => "certificate not checked (set sslrootcert to check it)".to_owned(),
         };
+        let checks = if self.mode == SslMode::Prefer {
+            format!("TLS if the server offers it, {checks}")
+        } else {
+            checks
+        };
         format!("sslmode={}: {checks}", self.mode.as_str())
     }
 }

@@ -156,7 +156,7 @@ async fn verify_full_with_the_right_ca_loads_a_file_exactly_over_tls() {
         stdout.contains(&format!(
             "  ok    TLS sslmode=verify-full: certificate and host name checked against {}",
             pki.ca().display()
-        )),
+        )) && stdout.contains("  ok    reachable, over TLS (TLSv1.3)"),
         "{stdout}"
     );
 }
@@ -243,6 +243,13 @@ async fn a_server_without_tls_fails_require_with_the_cause_named_and_loads_with_
     let (sessions, over_tls) =
         load_exactly(&server, &preferred, &[], dir.path(), 83, originals.path()).await;
     assert!(sessions > 0 && over_tls == 0, "{over_tls} of {sessions}");
+    let output = command(&preferred, dir.path(), &["check"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("  ok    TLS sslmode=prefer: TLS if the server offers it")
+            && stdout.contains("  ok    reachable, without TLS"),
+        "{stdout}"
+    );
     let (sessions, over_tls) = load_exactly(
         &server,
         &url(&server, "127.0.0.1", "sslmode=require"),
