@@ -312,14 +312,18 @@ impl RawSettings {
             (None, Some(mode)) => ("database_url", mode.as_str()),
             (None, None) => ("database_sslmode", "prefer"),
         };
+        // A mode from the URL is reported as the URL's (password masked), where it was set.
+        let mode_value = |mode: &str| {
+            if key == "database_url" {
+                mask_password(&self.database_url)
+            } else {
+                mode.to_owned()
+            }
+        };
         let mode = SslMode::parse(mode).ok_or_else(|| {
             invalid(
                 key,
-                if key == "database_url" {
-                    mask_password(&self.database_url)
-                } else {
-                    mode.to_owned()
-                },
+                mode_value(mode),
                 format!("sslmode must be {}", SslMode::VALUES),
             )
         })?;
@@ -328,12 +332,9 @@ impl RawSettings {
             .clone()
             .or_else(|| from_url.sslrootcert.as_ref().map(PathBuf::from));
         let shown = root_cert.as_ref().map(|p| p.display().to_string());
-        Tls::new(mode, root_cert).map_err(|e| {
-            let value = match e.key {
-                "database_sslrootcert" => shown.unwrap_or_default(),
-                _ => mode.as_str().to_owned(),
-            };
-            invalid(e.key, value, e.reason)
+        Tls::new(mode, root_cert).map_err(|e| match e.key {
+            "database_sslrootcert" => invalid(e.key, shown.unwrap_or_default(), e.reason),
+            _ => invalid(key, mode_value(mode.as_str()), e.reason),
         })
     }
 
@@ -668,6 +669,38 @@ mod tests {
             // A sibling whose name merely starts alike is another directory.
             jail.set_env("INGESTOR_ARCHIVE_DIR", "in/../in2");
             load(&args(&[])).unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_url_or_our_keys_and_a_bad_one_names_its_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://u:pw@h/x?sslmode=require");
+            let settings = load(&args(&[])).unwrap();
+            assert_eq!(settings.tls.mode, SslMode::Require);
+            assert_eq!(
+                settings.database.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require
+            );
+            jail.set_env("INGESTOR_DATABASE_SSLMODE", "disable");
+            let settings = load(&args(&[])).unwrap();
+            assert_eq!(settings.tls.mode, SslMode::Disable, "our key beats the URL");
+            jail.set_env("INGESTOR_DATABASE_SSLMODE", "verify-fulll");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(err.contains("`database_sslmode` = `verify-fulll`"), "{err}");
+            jail.set_env("INGESTOR_DATABASE_SSLMODE", "verify-ca");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(err.contains("set database_sslrootcert"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://u:pw@h/x?sslmode=verify-full");
+            let err = load(&args(&[])).unwrap_err().to_string();
+            assert!(
+                err.contains("`database_url` = `postgres://u:****@h/x?sslmode=verify-full`"),
+                "{err}"
+            );
             Ok(())
         });
     }
