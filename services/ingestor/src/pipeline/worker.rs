@@ -208,9 +208,16 @@ async fn run_loop(ctx: LoopContext) {
                 }
                 .emit(&state.metrics);
                 for (candidate, outcome) in outcomes {
-                    if let FileOutcome::Refused { kind, .. } = &outcome {
-                        // Reported once: the scans that list the name so from now on stay quiet.
-                        shared.discovery.mark_refused(&candidate.name, kind);
+                    if let FileOutcome::Refused { kind, message } = &outcome {
+                        // Reported once, whether a scan or this open found it first.
+                        if shared.discovery.mark_refused(&candidate.name, kind) {
+                            FileRefused {
+                                name: &candidate.name,
+                                kind,
+                                message,
+                            }
+                            .emit(&state.metrics);
+                        }
                     }
                     finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
                 }
@@ -472,15 +479,8 @@ fn finish(
             Some((file_id, moved))
         }
         FileOutcome::Busy | FileOutcome::Vanished => None,
-        FileOutcome::Refused { kind, message } => {
-            FileRefused {
-                name: &candidate.name,
-                kind,
-                message: &message,
-            }
-            .emit(metrics);
-            None
-        }
+        // Reported by the caller, once per name (see `Discovery::mark_refused`).
+        FileOutcome::Refused { .. } => None,
         FileOutcome::Retry(why) => {
             tracing::warn!(file = %candidate.name, reason = %why, "File not loaded this time; will retry");
             None

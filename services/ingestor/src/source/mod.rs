@@ -175,13 +175,15 @@ impl Discovery {
         })
     }
 
-    /// Records that `name` was refused as `kind` when it was opened (swapped after a scan) and
-    /// reported then, so the scans that list it so do not report it again.
-    pub fn mark_refused(&self, name: &str, kind: &'static str) {
+    /// Records that `name` was refused as `kind` when it was opened (swapped after a scan), so
+    /// that it is reported once: `true` if it is to be reported now, `false` if a scan (or
+    /// another loader) already did.
+    pub fn mark_refused(&self, name: &str, kind: &'static str) -> bool {
         self.refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), kind);
+            .insert(name.to_owned(), kind)
+            != Some(kind)
     }
 
     /// Of the names that hold no regular file, those not reported before as they are now: each
@@ -356,6 +358,45 @@ mod tests {
         assert!(second.future.is_empty(), "reported once");
         let settled = Discovery::start(dir.path(), Duration::ZERO).unwrap();
         assert_eq!(settled.scan().unwrap().ready.len(), 1);
+    }
+
+    /// An event file name holding no regular file is reported by the first scan that lists it
+    /// so, not by the next ones, and again once it holds another kind of thing.
+    #[test]
+    fn names_holding_no_regular_file_are_reported_once_while_they_stay_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link.csv")).unwrap();
+        std::fs::create_dir(dir.path().join("folder.csv")).unwrap();
+        std::fs::create_dir(dir.path().join(".hidden.csv")).unwrap();
+        let discovery = Discovery::unwatched(dir.path(), Duration::ZERO).unwrap();
+        let kinds = |scan: Scan| {
+            let mut refused: Vec<(String, &str)> =
+                scan.refused.into_iter().map(|r| (r.name, r.kind)).collect();
+            refused.sort();
+            refused
+        };
+
+        let first = discovery.scan().unwrap();
+        assert!(first.waiting.is_empty(), "{first:?}");
+        assert_eq!(
+            kinds(first),
+            [
+                ("folder.csv".to_owned(), "not_regular_file"),
+                ("link.csv".to_owned(), "symlink")
+            ]
+        );
+        assert!(
+            discovery.scan().unwrap().refused.is_empty(),
+            "reported once"
+        );
+        std::fs::remove_file(dir.path().join("link.csv")).unwrap();
+        std::fs::create_dir(dir.path().join("link.csv")).unwrap();
+        assert_eq!(
+            kinds(discovery.scan().unwrap()),
+            [("link.csv".to_owned(), "not_regular_file")]
+        );
+        assert!(!discovery.mark_refused("folder.csv", "not_regular_file"));
+        assert!(discovery.mark_refused("swapped.csv", "symlink"));
     }
 
     /// A file renamed in while the directory is being listed can be missing from that listing
