@@ -70,13 +70,27 @@ async fn every_script_applies_twice_in_a_row_with_batch_execute() {
     let tables: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' \
-             AND tablename IN ('events', 'ingest_files', 'rejected_rows')",
+             AND tablename IN ('events', 'ingest_files', 'rejected_rows', 'pruned_files', \
+             'schema_version')",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 3);
+    assert_eq!(tables, 5);
+    let version: i32 = client
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let newest_script: i32 = sql_scripts()
+        .last()
+        .and_then(|p| p.file_name()?.to_str()?.split('_').next()?.parse().ok())
+        .unwrap();
+    assert_eq!(
+        version, newest_script,
+        "the newest script records its number"
+    );
 }
 
 #[tokio::test]
@@ -206,6 +220,8 @@ async fn grafana_reader_logs_in_as_an_analyst_that_reads_everything_and_writes_n
         "events",
         "ingest_files",
         "rejected_rows",
+        "pruned_files",
+        "schema_version",
         "analytics_events_per_minute",
         "analytics_revenue_per_minute",
         "analytics_funnel_by_hour",

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use crate::tls::{take_tls_parameters, SslMode, Tls, TlsParameters};
 use event_contract::ExtraColumnPolicy;
 use serde::{Deserialize, Serialize};
 use service_support::config::{at_least_one, invalid, EnvLayer};
@@ -73,6 +74,12 @@ pub struct RawSettings {
     pub database_url: String,
     /// File holding the database password (e.g. a Compose secret); overrides one in the URL.
     pub database_password_file: Option<PathBuf>,
+    /// libpq's `sslmode` (disable, prefer, require, verify-ca, verify-full); overrides one in
+    /// the URL; default `prefer`.
+    pub database_sslmode: Option<String>,
+    /// PEM file of the CA certificates the server's certificate must chain to (libpq's
+    /// `sslrootcert`); overrides one in the URL.
+    pub database_sslrootcert: Option<PathBuf>,
     /// HTTP listen address for /metrics, /healthz, /readyz.
     pub listen: String,
     /// Name of this instance in the ledger's `claimed_by` (default: host name and pid).
@@ -136,6 +143,8 @@ impl Default for RawSettings {
             after_load: AfterLoad::Archive,
             database_url: "postgres://ingestor@127.0.0.1:5432/events".into(),
             database_password_file: None,
+            database_sslmode: None,
+            database_sslrootcert: None,
             listen: "127.0.0.1:9100".into(),
             instance_id: None,
             rescan_interval_ms: 1_000,
@@ -179,6 +188,8 @@ pub struct Settings {
     pub database: tokio_postgres::Config,
     /// The connection string with any password masked, for logs.
     pub database_display: String,
+    /// TLS to PostgreSQL: every connection uses its connector.
+    pub tls: Tls,
     /// HTTP listen address.
     pub listen: SocketAddr,
     /// This instance's name in the ledger.
@@ -272,12 +283,48 @@ pub fn mask_password(url: &str) -> String {
 }
 
 impl RawSettings {
+    /// The TLS settings: `database_sslmode` and `database_sslrootcert` where set, else the
+    /// URL's `sslmode` and `sslrootcert`, else libpq's default (`prefer`, no root certificate).
+    fn tls_settings(&self, from_url: &TlsParameters) -> Result<Tls, ConfigError> {
+        let (key, mode) = match (&self.database_sslmode, &from_url.sslmode) {
+            (Some(mode), _) => ("database_sslmode", mode.as_str()),
+            (None, Some(mode)) => ("database_url", mode.as_str()),
+            (None, None) => ("database_sslmode", "prefer"),
+        };
+        // A mode from the URL is reported as the URL's (password masked), where it was set.
+        let mode_value = |mode: &str| {
+            if key == "database_url" {
+                mask_password(&self.database_url)
+            } else {
+                mode.to_owned()
+            }
+        };
+        let mode = SslMode::parse(mode).ok_or_else(|| {
+            invalid(
+                key,
+                mode_value(mode),
+                format!("sslmode must be {}", SslMode::VALUES),
+            )
+        })?;
+        let root_cert = self
+            .database_sslrootcert
+            .clone()
+            .or_else(|| from_url.sslrootcert.as_ref().map(PathBuf::from));
+        let shown = root_cert.as_ref().map(|p| p.display().to_string());
+        Tls::new(mode, root_cert).map_err(|e| match e.key {
+            "database_sslrootcert" => invalid(e.key, shown.unwrap_or_default(), e.reason),
+            _ => invalid(key, mode_value(mode.as_str()), e.reason),
+        })
+    }
+
     /// Checks every value.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first unusable key.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let mut database: tokio_postgres::Config = self.database_url.parse().map_err(|e| {
+        let tls_parameters = take_tls_parameters(&self.database_url);
+        let tls = self.tls_settings(&tls_parameters)?;
+        let mut database: tokio_postgres::Config = tls_parameters.rest.parse().map_err(|e| {
             invalid(
                 "database_url",
                 mask_password(&self.database_url),
@@ -294,6 +341,7 @@ impl RawSettings {
             })?;
             database.password(password.trim_end_matches(['\r', '\n']));
         }
+        database.ssl_mode(tls.negotiation());
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             invalid(
                 "listen",
@@ -397,6 +445,7 @@ impl RawSettings {
         Ok(Settings {
             database_display: mask_password(&self.database_url),
             database,
+            tls,
             listen,
             instance_id: self.instance_id.unwrap_or_else(default_instance_id),
             rescan_interval: ms(self.rescan_interval_ms),
@@ -597,6 +646,38 @@ mod tests {
             // A sibling whose name merely starts alike is another directory.
             jail.set_env("INGESTOR_ARCHIVE_DIR", "in/../in2");
             load_args(&[]).unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_url_or_our_keys_and_a_bad_one_names_its_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://u:pw@h/x?sslmode=require");
+            let settings = load_args(&[]).unwrap();
+            assert_eq!(settings.tls.mode, SslMode::Require);
+            assert_eq!(
+                settings.database.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require
+            );
+            jail.set_env("INGESTOR_DATABASE_SSLMODE", "disable");
+            let settings = load_args(&[]).unwrap();
+            assert_eq!(settings.tls.mode, SslMode::Disable, "our key beats the URL");
+            jail.set_env("INGESTOR_DATABASE_SSLMODE", "verify-fulll");
+            let err = load_args(&[]).unwrap_err().to_string();
+            assert!(err.contains("`database_sslmode` = `verify-fulll`"), "{err}");
+            jail.set_env("INGESTOR_DATABASE_SSLMODE", "verify-ca");
+            let err = load_args(&[]).unwrap_err().to_string();
+            assert!(err.contains("set database_sslrootcert"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://u:pw@h/x?sslmode=verify-full");
+            let err = load_args(&[]).unwrap_err().to_string();
+            assert!(
+                err.contains("`database_url` = `postgres://u:****@h/x?sslmode=verify-full`"),
+                "{err}"
+            );
             Ok(())
         });
     }

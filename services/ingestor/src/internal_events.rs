@@ -502,10 +502,11 @@ impl FileVanished<'_> {
     }
 }
 
-/// A name the scan listed as a regular file held a symbolic link or something else (a FIFO, a
-/// device) when it was opened for loading: it was refused without reading a byte, so a link to
-/// a file outside the directory is never stored and a FIFO or `/dev/zero` cannot hold a loader.
-/// The name is left as it is; the scan does not list it again while it holds no regular file.
+/// An event file name held a symbolic link or something else (a FIFO, a socket, a device, a
+/// directory): already when the scan listed it, or by the time it was opened for loading (a
+/// swap). It was refused without reading a byte, so a link to a file outside the directory is
+/// never stored and a FIFO or `/dev/zero` cannot hold a loader. The name is left as it is and
+/// reported once while it holds the same kind of thing.
 pub struct FileRefused<'a> {
     /// File name.
     pub name: &'a str,
@@ -522,7 +523,7 @@ impl FileRefused<'_> {
             file = self.name,
             kind = self.kind,
             reason = self.message,
-            "File refused: its name no longer holds a regular file (a symbolic link, a FIFO or a device); nothing of it was read"
+            "File refused: its name holds a symbolic link or no regular file (a FIFO, a socket, a device, a directory); nothing of it was read"
         );
         m.files_refused.with_label_values(&[self.kind]).inc();
     }
@@ -1017,7 +1018,9 @@ impl LedgerPruned<'_> {
         match self.result {
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, days = self.days, "Pruned old ledger entries"),
-            Err(e) => tracing::warn!(error = %e, "Cannot prune the ledger; will try again later"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Cannot prune the ledger; will try again later")
+            }
         }
     }
 }

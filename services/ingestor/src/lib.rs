@@ -12,6 +12,7 @@
 //!   the event contract), [`pipeline::loader`] writes a batch in one transaction,
 //!   [`pipeline::worker`] is the loop with batching, retries and shutdown.
 //! - [`store`]: the PostgreSQL side: pool, ledger (claims), binary COPY (where a row is written).
+//! - [`tls`]: TLS to PostgreSQL with libpq's `sslmode` meanings (rustls), for every connection.
 //! - [`claim`]: one directory, one database: the marker naming the database an input
 //!   directory is loaded into, checked before loading starts.
 //! - [`lifecycle`]: archiving, deleting or failing files after commit.
@@ -39,3 +40,4 @@ pub mod source;
 pub mod startup;
 pub mod status;
 pub mod store;
+pub mod tls;

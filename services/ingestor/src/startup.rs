@@ -85,6 +85,7 @@ impl Application {
             database = %settings.database_display,
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             instance = %settings.instance_id,
+            tls = %settings.tls.describe(),
             inotify = discovery.is_watching(),
             "Ingestor starting"
         );

@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use crate::config::Settings;
-use crate::store::connect_once;
+use crate::store::{connect_once, encoding_problem, server_encoding};
+
+/// The schema version this ingestor needs: the number of the newest script in `sql/`, which
+/// each script from `050_schema_version.sql` on records in table `schema_version`.
+pub const SCHEMA_VERSION: i32 = 60;
 
 /// Columns the ingestor writes, per table: the schema from `sql/` must have them.
 const REQUIRED_COLUMNS: [(&str, &[&str]); 3] = [
@@ -45,7 +49,7 @@ const REQUIRED_COLUMNS: [(&str, &[&str]); 3] = [
     ),
 ];
 /// Privileges the ingestor needs: (table, privilege).
-const NEEDED: [(&str, &str); 8] = [
+const NEEDED: [(&str, &str); 10] = [
     ("events", "SELECT"),
     ("events", "INSERT"),
     ("ingest_files", "SELECT"),
@@ -54,6 +58,8 @@ const NEEDED: [(&str, &str); 8] = [
     ("ingest_files", "DELETE"),
     ("rejected_rows", "SELECT"),
     ("rejected_rows", "INSERT"),
+    ("pruned_files", "SELECT"),
+    ("pruned_files", "INSERT"),
 ];
 /// Privileges it should not have: least privilege means no rewriting history.
 const EXCESSIVE: [(&str, &str); 3] = [
@@ -105,10 +111,13 @@ pub async fn run(settings: &Settings) -> bool {
     check_dir(&mut report, "archive", &settings.archive_dir, may_create);
     check_dir(&mut report, "failed", &settings.failed_dir, may_create);
     println!("database");
+    report.pass(&format!("TLS {}", settings.tls.describe()));
     match connect_once(settings, "ingestor-check").await {
         Err(e) => report.fail(&format!("{e:#}")),
         Ok(client) => {
-            report.pass("reachable");
+            report.pass(&format!("reachable, {}", transport(&client).await));
+            check_encoding(&mut report, &client).await;
+            check_schema_version(&mut report, &client).await;
             check_schema(&mut report, &client).await;
             check_privileges(&mut report, &client).await;
         }
@@ -152,6 +161,57 @@ fn check_dir(report: &mut Report, role: &str, dir: &Path, may_create: bool) {
             "{role} directory {} is not writable: {e}",
             dir.display()
         )),
+    }
+}
+
+/// How this session reached the server, as the server saw it (`pg_stat_ssl`).
+async fn transport(client: &tokio_postgres::Client) -> String {
+    match client
+        .query_one(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) if row.get::<_, bool>(0) => format!(
+            "over TLS ({})",
+            row.get::<_, Option<String>>(1).unwrap_or_default()
+        ),
+        Ok(_) => "without TLS".to_owned(),
+        Err(e) => format!("transport unknown ({e})"),
+    }
+}
+
+async fn check_encoding(report: &mut Report, client: &tokio_postgres::Client) {
+    match server_encoding(client).await {
+        Err(e) => report.fail(&format!("cannot read the database's encoding: {e}")),
+        Ok(encoding) => match encoding_problem(&encoding) {
+            None => report.pass(&format!("database encoding is {encoding}")),
+            Some(problem) => report.fail(&problem),
+        },
+    }
+}
+
+async fn check_schema_version(report: &mut Report, client: &tokio_postgres::Client) {
+    let newest = SCHEMA_VERSION;
+    match client
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .await
+    {
+        Ok(row) => match row.get::<_, Option<i32>>(0) {
+            Some(version) if version >= newest => {
+                report.pass(&format!("schema version {version} (needs {newest})"))
+            }
+            version => report.fail(&format!(
+                "schema version {} is older than the {newest} this ingestor needs: apply the scripts of sql/ numbered above it, in order (they are safe to apply twice)",
+                version.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
+            )),
+        },
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => report
+            .fail(&format!(
+                "schema version unknown (no table schema_version): the schema predates sql/050_schema_version.sql or was never applied; apply the scripts of sql/ in order (they are safe to apply twice); this ingestor needs version {newest}"
+            )),
+        Err(e) => report.fail(&format!("cannot read the schema version: {e}")),
     }
 }
 

@@ -28,8 +28,9 @@ pub async fn run(settings: Settings, path: &Path) -> anyhow::Result<bool> {
     let identity =
         reader::identify(path).with_context(|| format!("cannot read {}", path.display()))?;
     let client = connect_once(&settings, "ingestor-replay").await?;
-    // Clearing a failed entry is its own transaction: if the load below then fails or the
-    // process dies, the file is still on disk and replay can simply be run again.
+    // Clearing a failed entry (in the ledger, or what retention kept of it) is its own
+    // transaction: if the load below then fails or the process dies, the file is still on disk
+    // and replay can simply be run again.
     let cleared = ledger::clear_failed(&client, &identity).await?;
     if cleared > 0 {
         println!("cleared the earlier failed ledger entry for this content");

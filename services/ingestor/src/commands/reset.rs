@@ -27,11 +27,11 @@ pub async fn run(settings: &Settings, yes: bool, restore_archived: bool) -> anyh
         "{running} ingestor connection(s) are open on this database; stop the ingestors first"
     );
     let tx = client.transaction().await.context("cannot begin")?;
-    tx.batch_execute("TRUNCATE events, rejected_rows, ingest_files")
+    tx.batch_execute("TRUNCATE events, rejected_rows, ingest_files, pruned_files")
         .await
         .context("cannot empty the tables (reset needs the tables' owner, not the `ingestor` role: set DATABASE_URL to an admin connection)")?;
     tx.commit().await.context("cannot commit the reset")?;
-    println!("emptied events, rejected_rows and ingest_files");
+    println!("emptied events, rejected_rows, ingest_files and pruned_files");
     if restore_archived {
         let moved = restore(settings)?;
         println!(

@@ -151,6 +151,7 @@ pub async fn load_batch(
         .get()
         .await
         .context("no database connection available")?;
+    conn.confirm_utf8().await?;
     // In doubt until COMMIT has answered: an error or a cancellation on the way leaves the
     // session's protocol state unknown, so it is closed rather than pooled (`store::pool`).
     conn.doubt();

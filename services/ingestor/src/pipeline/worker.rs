@@ -144,7 +144,7 @@ async fn run_loop(ctx: LoopContext) {
             DirectoryUnlistable { error: &e }.emit(&state.metrics);
             Scan::default()
         });
-        report_future_mtimes(&scan, &state.metrics);
+        report_scan(&scan, &state.metrics);
         if index == 0 {
             prune_if_due(&settings, &pool, &state.metrics, &mut last_prune).await;
         }
@@ -183,6 +183,17 @@ async fn run_loop(ctx: LoopContext) {
                 }
                 .emit(&state.metrics);
                 for (candidate, outcome) in outcomes {
+                    if let FileOutcome::Refused { kind, message } = &outcome {
+                        // Reported once, whether a scan or this open found it first.
+                        if shared.discovery.mark_refused(&candidate.name, kind) {
+                            FileRefused {
+                                name: &candidate.name,
+                                kind,
+                                message,
+                            }
+                            .emit(&state.metrics);
+                        }
+                    }
                     finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
                 }
             }
@@ -196,33 +207,22 @@ async fn run_loop(ctx: LoopContext) {
                     continue;
                 }
                 let retry_in = backoff.next_delay();
-                let blocked = match failure {
-                    Failure::Blocking(db) | Failure::PermissionDenied(db) => {
-                        // No file is to blame and no retry fixes it: say why on /readyz, and
-                        // keep backing off (never quarantining) until an operator fixed it.
-                        let reason = format!(
-                            "loading fails and no retry fixes it: {} (SQLSTATE {}); fix the \
-                             schema, the grants or the setting, and loading resumes by itself",
-                            db.message(),
-                            db.code().code()
-                        );
-                        LoadingBlocked {
-                            error: &error,
-                            reason: &reason,
-                            retry_in,
-                        }
-                        .emit(&state.metrics);
-                        Some(reason)
+                // No file is to blame when no retry fixes it: say why on /readyz, and keep
+                // backing off (never quarantining) until an operator fixed it.
+                let blocked = failure.blocking_reason();
+                match &blocked {
+                    Some(reason) => LoadingBlocked {
+                        error: &error,
+                        reason,
+                        retry_in,
                     }
-                    Failure::RowData | Failure::Conflict | Failure::Transient => {
-                        DatabaseFailed {
-                            error: &error,
-                            retry_in,
-                        }
-                        .emit(&state.metrics);
-                        None
+                    .emit(&state.metrics),
+                    None => DatabaseFailed {
+                        error: &error,
+                        retry_in,
                     }
-                };
+                    .emit(&state.metrics),
+                }
                 state
                     .readiness
                     .batch_failed(reached_database(&error), blocked);
@@ -451,15 +451,8 @@ fn finish(
             Some((file_id, moved))
         }
         FileOutcome::Busy | FileOutcome::Vanished => None,
-        FileOutcome::Refused { kind, message } => {
-            FileRefused {
-                name: &candidate.name,
-                kind,
-                message: &message,
-            }
-            .emit(metrics);
-            None
-        }
+        // Reported by the caller, once per name (see `Discovery::mark_refused`).
+        FileOutcome::Refused { .. } => None,
         FileOutcome::Retry(why) => {
             FileRetried {
                 name: &candidate.name,
@@ -550,7 +543,7 @@ async fn housekeeping(
     while !cancel.is_cancelled() {
         // A listing error is logged by the loader loops, which scan as often.
         if let Ok(scan) = shared.discovery.scan() {
-            report_future_mtimes(&scan, &metrics);
+            report_scan(&scan, &metrics);
             observe_backlog(&scan, &metrics);
         }
         tokio::select! {
@@ -562,7 +555,17 @@ async fn housekeeping(
 
 /// Files a scan saw for the first time with a modification time in the future (each is in one
 /// scan's list only, whichever loop listed it first).
-fn report_future_mtimes(scan: &Scan, metrics: &Metrics) {
+/// What a scan found that is not work: names holding no regular file (reported once each by
+/// the scan) and files first seen with a modification time in the future.
+fn report_scan(scan: &Scan, metrics: &Metrics) {
+    for file in &scan.refused {
+        FileRefused {
+            name: &file.name,
+            kind: file.kind,
+            message: "listed so by the scan; left as it is, never opened",
+        }
+        .emit(metrics);
+    }
     for file in &scan.future {
         FutureModificationTimeSeen {
             name: &file.name,

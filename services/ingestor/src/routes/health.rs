@@ -28,7 +28,7 @@ pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 /// `GET /readyz`: the loader runs, its last batch did not fail for a reason no retry fixes
 /// (a missing table, column or privilege, a setting PostgreSQL rejects), and the database
-/// answers `SELECT 1`.
+/// answers, in UTF8.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut database_answered = None;
     let verdict = if !state.readiness.loader_alive() {
@@ -60,11 +60,11 @@ async fn check_database(state: &AppState) -> Result<(), String> {
         // A check cut short by the timeout below leaves its reply unread: in doubt until it
         // answered, so such a connection is closed rather than handed to a loader.
         conn.doubt();
-        conn.simple_query("SELECT 1")
+        let encoding = crate::store::server_encoding(&conn)
             .await
             .map_err(|e| format!("database unavailable: {e}"))?;
         conn.settle();
-        Ok(())
+        crate::store::encoding_problem(&encoding).map_or(Ok(()), Err)
     };
     // The pool keeps trying to connect for up to `connect_timeout_ms`, longer than readiness
     // waits: a server that refuses (a wrong password, a missing database, too many clients,

@@ -60,6 +60,9 @@ pub struct Discovery {
     /// from that mtime, their age would be 0 (no backlog alert ever fires) and an unannounced
     /// one would never have settled, so it would never be loaded.
     first_seen: FirstSeen,
+    /// Names refused (see [`NotRegular`]) and reported, with what they held; a std mutex,
+    /// never held across an await.
+    refused: Mutex<HashMap<String, &'static str>>,
     wake: Arc<watch::Sender<u64>>,
     watching: Arc<AtomicBool>,
     _watcher: Option<RecommendedWatcher>,
@@ -114,6 +117,7 @@ impl Discovery {
             settle,
             announced,
             first_seen: FirstSeen::default(),
+            refused: Mutex::default(),
             wake,
             watching,
             _watcher: watcher,
@@ -139,12 +143,16 @@ impl Discovery {
         let now = SystemTime::now();
         let listed_at = Instant::now();
         let mut waiting = Vec::new();
+        let mut refused = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let Ok(entry) = entry else { continue };
-            if let Some(candidate) = candidate(&entry) {
-                waiting.push(candidate);
+            match listed(&entry) {
+                Listed::Candidate(candidate) => waiting.push(candidate),
+                Listed::Refused(name) => refused.push(name),
+                Listed::Ignored => {}
             }
         }
+        let refused = self.newly_refused(refused);
         let future = self.landed_when_first_seen(&mut waiting, now);
         waiting.sort_by(|a, b| (a.modified, &a.name).cmp(&(b.modified, &b.name)));
         let present: HashSet<&OsStr> = waiting.iter().filter_map(|c| c.path.file_name()).collect();
@@ -167,7 +175,30 @@ impl Discovery {
             ready,
             waiting,
             future,
+            refused,
         })
+    }
+
+    /// Records that `name` was refused as `kind` when it was opened (swapped after a scan), so
+    /// that it is reported once: `true` if it is to be reported now, `false` if a scan (or
+    /// another loader) already did.
+    pub fn mark_refused(&self, name: &str, kind: &'static str) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), kind)
+            != Some(kind)
+    }
+
+    /// Of the names that hold no regular file, those not reported before as they are now: each
+    /// is reported once, not at every scan, and again if it changes (a FIFO replaced by a link).
+    fn newly_refused(&self, now: Vec<NotRegular>) -> Vec<NotRegular> {
+        let mut reported = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let present: HashSet<&str> = now.iter().map(|r| r.name.as_str()).collect();
+        reported.retain(|name, _| present.contains(name.as_str()));
+        now.into_iter()
+            .filter(|r| reported.insert(r.name.clone(), r.kind) != Some(r.kind))
+            .collect()
     }
 
     /// Gives each file whose modification time is ahead of `now` the time it was first seen as
@@ -214,20 +245,52 @@ pub struct Scan {
     pub waiting: Vec<Candidate>,
     /// Files seen for the first time with a modification time in the future.
     pub future: Vec<FutureModified>,
+    /// Event file names seen for the first time holding a symbolic link or no regular file.
+    pub refused: Vec<NotRegular>,
 }
 
-/// Event files are visible regular files ending in `.csv`; hidden names are temp files.
-fn candidate(entry: &std::fs::DirEntry) -> Option<Candidate> {
+/// An event file name (`*.csv`) that holds a symbolic link, a FIFO, a socket, a device or a
+/// directory: never opened (a FIFO would block a reader, a link would read a file from outside
+/// the directory), and reported, since a producer meant to deliver something there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRegular {
+    /// File name.
+    pub name: String,
+    /// One of `internal_events::REFUSALS`.
+    pub kind: &'static str,
+}
+
+/// What a directory entry is to the loader.
+enum Listed {
+    Candidate(Candidate),
+    Refused(NotRegular),
+    Ignored,
+}
+
+/// Event files are visible regular files ending in `.csv`; hidden names are temp files. An
+/// event file name holding anything else is refused (its type is read without following a link
+/// or opening anything, so a FIFO cannot block the scan).
+fn listed(entry: &std::fs::DirEntry) -> Listed {
     let name = entry.file_name();
     let text = name.to_string_lossy();
     if text.starts_with('.') || !text.to_ascii_lowercase().ends_with(".csv") {
-        return None;
+        return Listed::Ignored;
     }
-    let metadata = entry.metadata().ok()?;
+    // `DirEntry::metadata` does not follow symbolic links.
+    let Ok(metadata) = entry.metadata() else {
+        return Listed::Ignored;
+    };
     if !metadata.is_file() {
-        return None;
+        return Listed::Refused(NotRegular {
+            name: text.into_owned(),
+            kind: if metadata.file_type().is_symlink() {
+                "symlink"
+            } else {
+                "not_regular_file"
+            },
+        });
     }
-    Some(Candidate {
+    Listed::Candidate(Candidate {
         path: entry.path(),
         name: text.into_owned(),
         size: metadata.len(),
@@ -299,6 +362,45 @@ mod tests {
         assert!(second.future.is_empty(), "reported once");
         let settled = Discovery::start(dir.path(), Duration::ZERO).unwrap();
         assert_eq!(settled.scan().unwrap().ready.len(), 1);
+    }
+
+    /// An event file name holding no regular file is reported by the first scan that lists it
+    /// so, not by the next ones, and again once it holds another kind of thing.
+    #[test]
+    fn names_holding_no_regular_file_are_reported_once_while_they_stay_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link.csv")).unwrap();
+        std::fs::create_dir(dir.path().join("folder.csv")).unwrap();
+        std::fs::create_dir(dir.path().join(".hidden.csv")).unwrap();
+        let discovery = Discovery::unwatched(dir.path(), Duration::ZERO).unwrap();
+        let kinds = |scan: Scan| {
+            let mut refused: Vec<(String, &str)> =
+                scan.refused.into_iter().map(|r| (r.name, r.kind)).collect();
+            refused.sort();
+            refused
+        };
+
+        let first = discovery.scan().unwrap();
+        assert!(first.waiting.is_empty(), "{first:?}");
+        assert_eq!(
+            kinds(first),
+            [
+                ("folder.csv".to_owned(), "not_regular_file"),
+                ("link.csv".to_owned(), "symlink")
+            ]
+        );
+        assert!(
+            discovery.scan().unwrap().refused.is_empty(),
+            "reported once"
+        );
+        std::fs::remove_file(dir.path().join("link.csv")).unwrap();
+        std::fs::create_dir(dir.path().join("link.csv")).unwrap();
+        assert_eq!(
+            kinds(discovery.scan().unwrap()),
+            [("link.csv".to_owned(), "not_regular_file")]
+        );
+        assert!(!discovery.mark_refused("folder.csv", "not_regular_file"));
+        assert!(discovery.mark_refused("swapped.csv", "symlink"));
     }
 
     /// A file renamed in while the directory is being listed can be missing from that listing

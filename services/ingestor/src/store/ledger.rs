@@ -51,10 +51,13 @@ pub async fn claim(
         return Ok(Claim::Busy);
     }
     let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
+    // Content whose entry retention pruned is finished too (sql/060_pruned_files.sql): loaded
+    // again, its events would be duplicates but its rejected rows would be stored twice.
     let inserted = tx
         .query_opt(
             "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, claimed_by, landed_at) \
-             VALUES ($1, $2, $3, $6, $4, $5) \
+             SELECT $1::text, $2::bigint, $3::bytea, $6::text, $4::text, $5::timestamptz \
+             WHERE NOT EXISTS (SELECT FROM pruned_files WHERE content_hash = $3 AND size_bytes = $2) \
              ON CONFLICT ON CONSTRAINT ingest_files_content_key DO NOTHING RETURNING file_id",
             &[
                 &name,
@@ -74,7 +77,10 @@ pub async fn claim(
     }
     let row = tx
         .query_one(
-            "SELECT file_id, status FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2",
+            "SELECT file_id, status FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2 \
+             UNION ALL \
+             SELECT file_id, status FROM pruned_files WHERE content_hash = $1 AND size_bytes = $2 \
+             LIMIT 1",
             &[&identity.hash.as_slice(), &size],
         )
         .await
@@ -153,8 +159,9 @@ pub async fn record_failed(
     Ok(row.get(0))
 }
 
-/// Deletes the failed entry of this content, if there is one, so that it can be loaded again
-/// (`ingestor replay`); returns how many entries were deleted (0 or 1).
+/// Deletes the failed entry of this content, in the ledger or what retention kept of it in
+/// `pruned_files`, so that it can be loaded again (`ingestor replay`); returns how many entries
+/// were deleted.
 ///
 /// # Errors
 /// On a database error.
@@ -163,17 +170,25 @@ pub async fn clear_failed(
     identity: &FileIdentity,
 ) -> anyhow::Result<u64> {
     let size = i64::try_from(identity.size).context("file size exceeds bigint")?;
-    client
-        .execute(
-            "DELETE FROM ingest_files WHERE content_hash = $1 AND size_bytes = $2 AND status = $3",
+    let cleared: i64 = client
+        .query_one(
+            "WITH ledger AS (DELETE FROM ingest_files \
+               WHERE content_hash = $1 AND size_bytes = $2 AND status = $3 RETURNING 1), \
+             pruned AS (DELETE FROM pruned_files \
+               WHERE content_hash = $1 AND size_bytes = $2 AND status = $3 RETURNING 1) \
+             SELECT (SELECT count(*) FROM ledger) + (SELECT count(*) FROM pruned)",
             &[&identity.hash.as_slice(), &size, &LedgerStatus::Failed],
         )
         .await
-        .context("cannot clear the failed ledger entry")
+        .context("cannot clear the failed ledger entry")?
+        .get(0);
+    Ok(u64::try_from(cleared).unwrap_or_default())
 }
 
-/// Deletes finished ledger entries older than `days` (their rejected rows go with them). The
-/// events' primary key still keeps a pruned file from adding rows if it re-appears.
+/// Deletes finished ledger entries older than `days` (their rejected rows go with them) and, in
+/// the same statement, keeps each one's identity, outcome and counts in `pruned_files`, so the
+/// same content delivered again is recognised as finished ([`claim`]) instead of storing its
+/// rejected rows a second time. Returns how many entries were pruned.
 ///
 /// # Errors
 /// On a database error.
@@ -181,8 +196,14 @@ pub async fn prune(client: &tokio_postgres::Client, days: u32) -> anyhow::Result
     let days = i32::try_from(days).unwrap_or(i32::MAX);
     client
         .execute(
-            "DELETE FROM ingest_files WHERE status IN ($2, $3) \
-             AND committed_at < now() - make_interval(days => $1)",
+            "WITH pruned AS (DELETE FROM ingest_files WHERE status IN ($2, $3) \
+               AND committed_at < now() - make_interval(days => $1) \
+               RETURNING content_hash, size_bytes, file_id, status, lines, accepted, duplicates, \
+                 rejected, committed_at) \
+             INSERT INTO pruned_files (content_hash, size_bytes, file_id, status, lines, accepted, \
+               duplicates, rejected, committed_at) \
+             SELECT * FROM pruned \
+             ON CONFLICT ON CONSTRAINT pruned_files_pkey DO NOTHING",
             &[&days, &LedgerStatus::Loaded, &LedgerStatus::Failed],
         )
         .await

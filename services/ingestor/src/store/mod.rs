@@ -10,5 +10,6 @@ pub mod pool;
 pub mod recent_ids;
 
 pub use pool::{
-    build_pool, classify, connect_once, explain, ConnectError, Failure, Pool, PoolError,
+    build_pool, classify, connect_once, encoding_problem, explain, server_encoding, ConnectError,
+    Failure, Pool, PoolError,
 };

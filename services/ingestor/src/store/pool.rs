@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bb8::ManageConnection;
 use bb8_postgres::PostgresConnectionManager;
+use rustls::CertificateError;
 use tokio_postgres::error::{DbError, SqlState};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::Settings;
+use crate::tls::Connector;
 
 /// The pool used throughout the service: bb8's, plus the last reason a connection could not be
 /// opened.
@@ -125,7 +128,7 @@ impl ConnectFailures {
 /// also records why the latest connection attempt failed (see [`Pool`]).
 #[derive(Debug)]
 pub struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
+    inner: PostgresConnectionManager<Connector>,
     failures: ConnectFailures,
 }
 
@@ -144,6 +147,8 @@ pub struct Manager {
 pub struct Connection {
     client: Client,
     in_doubt: bool,
+    /// The database was seen to be UTF8 ([`confirm_utf8`](Self::confirm_utf8)).
+    utf8: bool,
 }
 
 impl Connection {
@@ -156,6 +161,29 @@ impl Connection {
     /// The exchange ended as expected: the session may go back to the pool.
     pub fn settle(&mut self) {
         self.in_doubt = false;
+    }
+
+    /// Confirms, once per session, that the database is UTF8 before anything is loaded into
+    /// it: a database in another encoding stores most files and refuses some (a name or a
+    /// rejected line it cannot hold), which would leave the backlog stuck behind one file and
+    /// the rest split between databases after the fix.
+    ///
+    /// # Errors
+    /// [`NotUtf8`] with the reason and the fix; a database error if the encoding cannot be read.
+    pub async fn confirm_utf8(&mut self) -> anyhow::Result<()> {
+        if !self.utf8 {
+            // In doubt while the reply is awaited: a cancellation would leave it unread.
+            self.doubt();
+            let encoding = server_encoding(&self.client)
+                .await
+                .context("cannot read the database's encoding")?;
+            self.settle();
+            if let Some(problem) = encoding_problem(&encoding) {
+                return Err(NotUtf8(problem).into());
+            }
+            self.utf8 = true;
+        }
+        Ok(())
     }
 }
 
@@ -184,6 +212,7 @@ impl ManageConnection for Manager {
                 Ok(Connection {
                     client,
                     in_doubt: false,
+                    utf8: false,
                 })
             }
             Err(e) => {
@@ -233,7 +262,7 @@ pub fn session_config(settings: &Settings) -> tokio_postgres::Config {
 pub fn build_pool(settings: &Settings) -> Pool {
     let failures = ConnectFailures::default();
     let manager = Manager {
-        inner: PostgresConnectionManager::new(session_config(settings), NoTls),
+        inner: PostgresConnectionManager::new(session_config(settings), settings.tls.connector()),
         failures: failures.clone(),
     };
     let inner = bb8::Pool::builder()
@@ -270,6 +299,35 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// The server encoding the ingestor needs: file names and rejected lines are arbitrary UTF-8
+/// text, and a database in another encoding cannot store some of it (SQLSTATE 22P05).
+const REQUIRED_ENCODING: &str = "UTF8";
+
+/// The database's encoding, in the query that also proves the session answers.
+pub const ENCODING_QUERY: &str = "SELECT current_setting('server_encoding')";
+
+/// Why a database with `encoding` is unfit for loading, with the fix; `None` for UTF8.
+pub fn encoding_problem(encoding: &str) -> Option<String> {
+    (encoding != REQUIRED_ENCODING).then(|| {
+        format!(
+            "the database's encoding is {encoding}, not {REQUIRED_ENCODING}: it cannot store every file name and rejected line (a `€` in LATIN1, any non-Latin name), so nothing is loaded into it; create the database with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0), apply the scripts in sql/ and point DATABASE_URL at it"
+        )
+    })
+}
+
+/// The database is not UTF8: the reason and the fix ([`encoding_problem`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotUtf8(pub String);
+
+/// The database's encoding, read through `client`.
+///
+/// # Errors
+/// On a database error.
+pub async fn server_encoding(client: &Client) -> Result<String, tokio_postgres::Error> {
+    Ok(client.query_one(ENCODING_QUERY, &[]).await?.get(0))
+}
+
 /// What a failed loading transaction means for the loader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure<'a> {
@@ -286,8 +344,35 @@ pub enum Failure<'a> {
     /// fit (the error PostgreSQL gave). An operator must act; until then the loader backs off
     /// and `/readyz` says why it is not ready. Never a reason to quarantine a file.
     Blocking(&'a DbError),
+    /// The database is unfit for loading (see [`NotUtf8`]), found before loading began: as
+    /// `Blocking`, with the reason and the fix.
+    Unfit(&'a str),
     /// Anything else (connection lost, timeouts, locks, restarts): retried with backoff.
     Transient,
+}
+
+impl Failure<'_> {
+    /// What `/readyz` says about a failure no retry fixes, with the fix; `None` for a failure
+    /// that a retry (or the quarantine) deals with.
+    pub fn blocking_reason(&self) -> Option<String> {
+        match self {
+            Failure::Blocking(db) | Failure::PermissionDenied(db) => {
+                let fix = if *db.code() == SqlState::UNTRANSLATABLE_CHARACTER {
+                    "the database's encoding cannot store this text: use a database in UTF8"
+                } else {
+                    "fix the schema, the grants or the setting"
+                };
+                Some(format!(
+                    "loading fails and no retry fixes it: {} (SQLSTATE {}); {fix}, and loading \
+                     resumes by itself",
+                    db.message(),
+                    db.code().code()
+                ))
+            }
+            Failure::Unfit(why) => Some(format!("loading cannot begin: {why}")),
+            Failure::RowData | Failure::Conflict | Failure::Transient => None,
+        }
+    }
 }
 
 /// SQLSTATEs a row's values can raise while it is written: class 23 (integrity violations)
@@ -323,6 +408,12 @@ const BLOCKING_STATES: [&str; 5] = ["22023", "22P05", "3D000", "3F000", "25006"]
 /// Decides, in one place, what a loading error means (see [`Failure`]). The first PostgreSQL
 /// error in the chain decides; without one (connection lost, pool timeout) it is transient.
 pub fn classify(error: &anyhow::Error) -> Failure<'_> {
+    if let Some(NotUtf8(why)) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<NotUtf8>())
+    {
+        return Failure::Unfit(why);
+    }
     let Some(db) = error.chain().find_map(|cause| {
         cause
             .downcast_ref::<tokio_postgres::Error>()
@@ -390,11 +481,14 @@ pub async fn connect_once(
 ) -> anyhow::Result<tokio_postgres::Client> {
     let mut config = session_config(settings);
     config.application_name(app_name);
-    let (client, connection) = config.connect(NoTls).await.map_err(|error| ConnectError {
-        target: settings.database_display.clone(),
-        explanation: explain(&error),
-        error,
-    })?;
+    let (client, connection) = config
+        .connect(settings.tls.connector())
+        .await
+        .map_err(|error| ConnectError {
+            target: settings.database_display.clone(),
+            explanation: explain(&error),
+            error,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "Command connection closed");
@@ -421,7 +515,7 @@ pub fn explain(error: &tokio_postgres::Error) -> String {
         {
             (
                 "TLS required",
-                "the server accepts this connection only over TLS (a `hostssl` line in pg_hba.conf), and the ingestor connects without TLS: allow it in pg_hba.conf (`host` for its address), or connect through a TLS-terminating proxy",
+                "the server accepts this connection only over TLS (a `hostssl` line in pg_hba.conf), and the ingestor connected without TLS: set sslmode=require, or verify-full with sslrootcert, in DATABASE_URL (or database_sslmode), or allow plain connections in pg_hba.conf",
             )
         } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
             (
@@ -475,9 +569,26 @@ pub fn explain(error: &tokio_postgres::Error) -> String {
             "authentication failed",
             "the server demands a password and none is configured: set database_password_file, or put the password in DATABASE_URL",
         ),
+        _ if text.contains("server does not support TLS") => (
+            "the server does not support TLS, but sslmode requires it",
+            "turn TLS on in PostgreSQL (ssl = on, with ssl_cert_file and ssl_key_file), or set sslmode=prefer (TLS when offered) or disable",
+        ),
+        _ if certificate_error(error).is_some_and(|e| {
+            matches!(
+                e,
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            )
+        }) => (
+            "certificate verify failed: the host name does not match",
+            "the server's certificate does not name the host in DATABASE_URL (sslmode=verify-full checks it): connect by a name the certificate lists, have the certificate issued for this host, or use sslmode=verify-ca (checks the issuer only)",
+        ),
+        _ if certificate_error(error).is_some() => (
+            "certificate verify failed",
+            "the server's certificate is not accepted with the CA in sslrootcert (database_sslrootcert): point it at the PEM file of the CA that issued the server's certificate, and check that certificate's dates",
+        ),
         _ if text.contains("TLS") => (
-            "TLS required",
-            "the ingestor connects without TLS, but DATABASE_URL asks for it (sslmode=require) or the server insists: use sslmode=disable or prefer, or allow connections without TLS on the server",
+            "TLS handshake failed",
+            "see the TLS error; check the server's ssl settings and the sslmode in use",
         ),
         _ if text.contains("failed to lookup address") || text.contains("Name or service not known") => (
             "host not found",
@@ -489,6 +600,24 @@ pub fn explain(error: &tokio_postgres::Error) -> String {
         ),
     };
     format!("{cause}: {text}; {fix}")
+}
+
+/// The certificate check rustls refused the server's certificate with, if it did.
+fn certificate_error(error: &tokio_postgres::Error) -> Option<&CertificateError> {
+    std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| {
+        e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        })
+    })
+    .and_then(|e| match e {
+        rustls::Error::InvalidCertificate(certificate) => Some(certificate),
+        _ => None,
+    })
 }
 
 /// An error and its causes on one line (tokio-postgres's own `Display` shows some of them).

@@ -803,23 +803,14 @@ async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loa
         .collect();
     assert_eq!(ledger, ["a.csv"], "no ledger entry for a refused name");
     // The operator signal names each refused file and what it held.
-    let mut refused = refusals(&ingestor);
-    refused.sort();
-    assert_eq!(
-        refused,
-        [
-            ("fifo.csv".to_owned(), "not_regular_file".to_owned()),
-            ("outside.csv".to_owned(), "symlink".to_owned()),
-            ("zero.csv".to_owned(), "symlink".to_owned()),
-        ]
+    assert_refused_once(
+        &ingestor,
+        &[
+            ("fifo.csv", "not_regular_file"),
+            ("outside.csv", "symlink"),
+            ("zero.csv", "symlink"),
+        ],
     );
-    let (_, metrics) = ingestor.get("/metrics");
-    for line in [
-        "ingestor_files_refused_total{kind=\"not_regular_file\"} 1",
-        "ingestor_files_refused_total{kind=\"symlink\"} 2",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} missing");
-    }
     // The names are left as they were, the outside file untouched; the loader is not hung.
     assert!(std::fs::symlink_metadata(input.join("fifo.csv"))
         .unwrap()
@@ -832,6 +823,115 @@ async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loa
     assert_eq!(ingestor.get("/readyz").0, 200);
     let exit = ingestor.terminate(Duration::from_secs(15));
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn names_holding_a_fifo_symlinks_or_a_directory_before_the_scan_are_refused_once() {
+    // Arrange: before the ingestor starts, a valid file and four event file names that hold no
+    // regular file: a FIFO (no writer: opening it for reading would block), a symbolic link to
+    // a file outside the directory, one to /dev/zero, and a directory.
+    let db = TestDatabase::create().await;
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("incoming");
+    std::fs::create_dir(&input).unwrap();
+    let originals = root.path().join("originals");
+    std::fs::create_dir(&originals).unwrap();
+    // Written aside, then copied in: the expectation is read from the copy kept aside.
+    let valid_file = |name: &str| {
+        let mut bytes = format!("{HEADER_LINE}\n");
+        for _ in 0..20 {
+            writeln!(bytes, "{}", valid_row().1).unwrap();
+        }
+        std::fs::write(originals.join(name), &bytes).unwrap();
+        std::fs::write(input.join(name), bytes).unwrap();
+    };
+    valid_file("a.csv");
+    let outside = root.path().join("secret.csv");
+    let secret = format!("{HEADER_LINE}\ntop-secret-line,not,a,valid,row\n");
+    std::fs::write(&outside, &secret).unwrap();
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(input.join("fifo.csv"))
+        .status()
+        .unwrap();
+    assert!(mkfifo.success(), "mkfifo failed");
+    std::os::unix::fs::symlink(&outside, input.join("outside.csv")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", input.join("zero.csv")).unwrap();
+    std::fs::create_dir(input.join("folder.csv")).unwrap();
+
+    // Act: start, then deliver a second file once the first scans reported the names.
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), &input, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !input.join("processed/a.csv").exists() || refusals(&ingestor).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "a.csv not loaded or not every name refused:\n{}",
+            ingestor.log_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    valid_file("b.csv");
+    let expected = expected(&[originals.join("a.csv"), originals.join("b.csv")]);
+    // (Not `wait_for_ledger`: it takes the link to the outside file for a file still waiting.)
+    while !input.join("processed/b.csv").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "b.csv not loaded:\n{}",
+            ingestor.log_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Assert: both valid files loaded exactly; the refused names were reported once each
+    // (not at every scan since), nothing of the outside file is stored, nothing is hung.
+    assert_exact(&db, &expected).await;
+    assert_refused_once(
+        &ingestor,
+        &[
+            ("fifo.csv", "not_regular_file"),
+            ("folder.csv", "not_regular_file"),
+            ("outside.csv", "symlink"),
+            ("zero.csv", "symlink"),
+        ],
+    );
+    let client = db.client().await;
+    let secret_rejections: i64 = client
+        .query_one(
+            "SELECT count(*) FROM rejected_rows WHERE raw_line LIKE '%top-secret%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(secret_rejections, 0, "the outside file's line stored");
+    assert!(std::fs::symlink_metadata(input.join("fifo.csv"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(std::fs::symlink_metadata(input.join("outside.csv"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), secret);
+    assert_eq!(ingestor.get("/readyz").0, 200);
+    let exit = ingestor.terminate(Duration::from_secs(15));
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// The "File refused" log lines name exactly `expected` (file, kind), sorted by file, one line
+/// each, and `ingestor_files_refused_total` counts as many of each kind.
+fn assert_refused_once(ingestor: &Ingestor, expected: &[(&str, &str)]) {
+    let mut refused = refusals(ingestor);
+    refused.sort();
+    let expected_pairs: Vec<(String, String)> = expected
+        .iter()
+        .map(|(file, kind)| ((*file).to_owned(), (*kind).to_owned()))
+        .collect();
+    assert_eq!(refused, expected_pairs);
+    let (_, metrics) = ingestor.get("/metrics");
+    for kind in ["not_regular_file", "symlink"] {
+        let count = expected.iter().filter(|(_, k)| *k == kind).count();
+        let line = format!("ingestor_files_refused_total{{kind=\"{kind}\"}} {count}");
+        assert!(metrics.lines().any(|l| l == line), "{line} missing");
+    }
 }
 
 /// The (file, kind) of every "File refused" log line.

@@ -18,7 +18,7 @@ use crate::helpers::*;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs an operator command against `database_url` and `input`.
-fn command(database_url: &str, input: &Path, args: &[&str]) -> Output {
+pub(crate) fn command(database_url: &str, input: &Path, args: &[&str]) -> Output {
     Command::new(INGESTOR)
         .arg("--input-dir")
         .arg(input)
@@ -32,7 +32,7 @@ fn command(database_url: &str, input: &Path, args: &[&str]) -> Output {
 /// Starts the service on `database_url` and asserts that its log, `/readyz` and `check` all
 /// name `cause` and show `detail` (PostgreSQL's or the network's own words), and that nothing
 /// says only that the pool timed out.
-fn assert_cause_named_everywhere(database_url: &str, cause: &str, detail: &str) {
+pub(crate) fn assert_cause_named_everywhere(database_url: &str, cause: &str, detail: &str) {
     let dir = tempfile::tempdir().unwrap();
     let ingestor = Ingestor::spawn(database_url, dir.path(), &[]);
 

@@ -228,6 +228,7 @@ async fn only_row_data_sqlstates_are_taken_for_bad_row_data() {
         got.push(match classify(&error) {
             Failure::RowData => "row".to_owned(),
             Failure::Blocking(db) => format!("blocking {}", db.code().code()),
+            Failure::Unfit(why) => format!("unfit {why}"),
             Failure::Transient => "transient".to_owned(),
             Failure::PermissionDenied(db) => format!("permission {}", db.code().code()),
             Failure::Conflict => "conflict".to_owned(),

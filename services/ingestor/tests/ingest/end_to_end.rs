@@ -119,6 +119,95 @@ async fn ledger_entries_past_retention_are_pruned_with_their_rejections() {
 }
 
 #[tokio::test]
+async fn a_redelivered_file_whose_entry_was_pruned_does_not_store_its_rejected_rows_again() {
+    // Arrange: a file with rejected rows, loaded; then its entry ages past retention and an
+    // ingestor's start-up prunes it (with its rejected rows).
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let db = TestDatabase::create().await;
+    let client = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let originals = tempfile::tempdir().unwrap();
+    let faults = Faults {
+        invalid: 0.1,
+        ..Faults::default()
+    };
+    generate(originals.path(), 1, 300, 91, faults);
+    let original = event_files(originals.path()).remove(0);
+    let expected = expected(std::slice::from_ref(&original));
+    assert!(expected.rejected > 0, "the file has rejected rows");
+    std::fs::copy(&original, dir.path().join("orders.csv")).unwrap();
+    let retention = [("INGESTOR_LEDGER_RETENTION_DAYS", "30")];
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &retention);
+    wait_for_ledger(&db, dir.path(), 1, TIMEOUT).await;
+    assert_exact(&db, &expected).await;
+    assert!(ingestor.terminate(TIMEOUT).success());
+    client
+        .batch_execute("UPDATE ingest_files SET committed_at = now() - interval '40 days'")
+        .await
+        .unwrap();
+    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &retention);
+    assert!(ingestor.wait_for_log("Pruned old ledger entries", TIMEOUT));
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM ingest_files").await, 0);
+    let rejected_after_pruning = count("SELECT count(*) FROM rejected_rows").await;
+    assert_eq!(rejected_after_pruning, 0, "pruned with their entry");
+
+    // Act: the producer delivers the same bytes again, under another name.
+    std::fs::copy(&original, dir.path().join("orders-again.csv")).unwrap();
+
+    // Assert: recognised as finished content and archived as is; nothing stored again.
+    assert!(
+        ingestor.wait_for_log("File content already in the ledger", TIMEOUT),
+        "{:#?}",
+        ingestor.log_lines()
+    );
+    stack_tests::wait_for_finished_files(&client, dir.path(), 0, TIMEOUT, String::new).await;
+    assert_eq!(
+        count("SELECT count(*) FROM rejected_rows").await,
+        rejected_after_pruning
+    );
+    assert_eq!(count("SELECT count(*) FROM ingest_files").await, 0);
+    assert_eq!(
+        stored_event_ids(&client).await,
+        expected.unique_ids,
+        "events unchanged"
+    );
+    // The ledger still accounts for every line of the content, in what retention kept.
+    let kept = client
+        .query_one(
+            "SELECT status, lines, accepted, duplicates, rejected FROM pruned_files",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, lines, accepted, duplicates, rejected): (String, i64, i64, i64, i64) = (
+        kept.get(0),
+        kept.get(1),
+        kept.get(2),
+        kept.get(3),
+        kept.get(4),
+    );
+    assert_eq!(status, "loaded");
+    assert_eq!(lines as u64, expected.lines);
+    assert_eq!(rejected as u64, expected.rejected);
+    assert_eq!(accepted as usize, expected.unique_ids.len());
+    assert_eq!(lines, accepted + duplicates + rejected);
+    assert_eq!(
+        std::fs::read(dir.path().join("processed/orders-again.csv")).unwrap(),
+        std::fs::read(&original).unwrap(),
+        "archived byte for byte"
+    );
+    let (_, metrics) = ingestor.get("/metrics");
+    assert!(
+        metrics.contains("ingestor_files_total{outcome=\"already_loaded\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_batch_abandoned_at_the_drain_timeout_exits_non_zero_and_loads_at_the_next_start() {
     // Arrange: another session holds `events` locked, and the loader waits for locks longer than
     // the test runs, so its batch cannot finish within the 500 ms drain timeout.

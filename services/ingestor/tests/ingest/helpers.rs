@@ -245,15 +245,20 @@ pub async fn assert_exact(db: &TestDatabase, expected: &Expected) {
     assert_exact_with(&db.client().await, expected).await;
 }
 
-/// [`assert_exact`] through any client, e.g. one connected to a private server.
-pub async fn assert_exact_with(client: &tokio_postgres::Client, expected: &Expected) {
-    let stored: HashSet<Uuid> = client
+/// The ids in the events table.
+pub async fn stored_event_ids(client: &tokio_postgres::Client) -> HashSet<Uuid> {
+    client
         .query("SELECT event_id FROM events", &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect()
+}
+
+/// [`assert_exact`] through any client, e.g. one connected to a private server.
+pub async fn assert_exact_with(client: &tokio_postgres::Client, expected: &Expected) {
+    let stored = stored_event_ids(client).await;
     let missing = expected.unique_ids.difference(&stored).count();
     let extra = stored.difference(&expected.unique_ids).count();
     assert_eq!(

@@ -47,6 +47,8 @@ pub struct PrivatePostgres {
     running: bool,
     /// Run server commands through `runuser -u postgres` (the tests run as root).
     as_postgres: bool,
+    /// Server options added to every start (`-c ssl=on` for a TLS server).
+    extra_options: String,
 }
 
 impl PrivatePostgres {
@@ -55,6 +57,35 @@ impl PrivatePostgres {
     /// # Panics
     /// When no PostgreSQL server binaries are installed, or `initdb` or the start fail.
     pub fn start() -> PrivatePostgres {
+        let mut server = PrivatePostgres::init();
+        server.start_again();
+        server
+    }
+
+    /// Creates a cluster that offers TLS with the given PEM certificate (chain) and key, and
+    /// starts it.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start), or when the files cannot be written.
+    pub fn start_with_tls(certificate_pem: &str, key_pem: &str) -> PrivatePostgres {
+        let mut server = PrivatePostgres::init();
+        let data = server.data_dir();
+        for (name, content) in [("server.crt", certificate_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, content).unwrap();
+            // PostgreSQL refuses a key others may read, and runs as the postgres user.
+            run_checked(Command::new("chmod").arg("600").arg(&path));
+            if server.as_postgres {
+                run_checked(Command::new("chown").arg(OS_USER).arg(&path));
+            }
+        }
+        server.extra_options = " -c ssl=on".into();
+        server.start_again();
+        server
+    }
+
+    /// Creates the cluster (`initdb`), not started.
+    fn init() -> PrivatePostgres {
         let bin = server_bin_dir();
         let root = tempfile::Builder::new()
             .prefix("ingestor-pg-")
@@ -64,12 +95,13 @@ impl PrivatePostgres {
         if as_postgres {
             run_checked(Command::new("chown").arg(OS_USER).arg(root.path()));
         }
-        let mut server = PrivatePostgres {
+        let server = PrivatePostgres {
             bin,
             root,
             port: free_port(),
             running: false,
             as_postgres,
+            extra_options: String::new(),
         };
         let data = server.data_dir();
         server.pg(
@@ -87,7 +119,6 @@ impl PrivatePostgres {
                 "--encoding=UTF8".as_ref(),
             ],
         );
-        server.start_again();
         server
     }
 
@@ -96,9 +127,10 @@ impl PrivatePostgres {
         let (data, log) = (self.data_dir(), self.root.path().join("server.log"));
         // Unix socket in our own directory: never collides with the system's /var/run/postgresql.
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             self.port,
-            self.root.path().display()
+            self.root.path().display(),
+            self.extra_options
         );
         let wait = PG_CTL_WAIT.as_secs().to_string();
         self.pg(
@@ -142,6 +174,24 @@ impl PrivatePostgres {
     /// A connection URL for `user` and database `dbname`.
     pub fn url(&self, user: &str, dbname: &str) -> String {
         format!("postgres://{user}@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// Creates database `name` (`CREATE DATABASE name <options>`, e.g. an encoding) with the
+    /// schema from `sql/`, as the superuser.
+    ///
+    /// # Panics
+    /// When the server refuses.
+    pub async fn create_database(&self, name: &str, options: &str) {
+        stack_tests::connect(&self.url("postgres", "postgres"))
+            .await
+            .unwrap()
+            .batch_execute(&format!("CREATE DATABASE {name} {options}"))
+            .await
+            .unwrap();
+        let schema = stack_tests::connect(&self.url("postgres", name))
+            .await
+            .unwrap();
+        stack_tests::apply_sql_scripts(&schema).await.unwrap();
     }
 
     fn data_dir(&self) -> PathBuf {
