@@ -297,4 +297,15 @@ mod tests {
             Ok(())
         });
     }
+
+    /// One declaration per setting: every key of `RawSettings` is in docs/configuration.md
+    /// with its `GENERATOR_*` variable and its real default, and every documented key is real.
+    #[test]
+    fn every_setting_is_documented_with_its_real_default() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let documented = service_support::config::documented_keys(docs, "GENERATOR_");
+        let defaults = serde_json::to_value(RawSettings::default()).unwrap();
+        let problems = service_support::config::undocumented(&defaults, &documented, "GENERATOR_");
+        assert!(problems.is_empty(), "docs/configuration.md: {problems:#?}");
+    }
 }

@@ -691,4 +691,15 @@ mod tests {
         );
         assert_eq!(mask_password("postgres://a@h/d"), "postgres://a@h/d");
     }
+
+    /// One declaration per setting: every key of `RawSettings` is in docs/configuration.md
+    /// with its `INGESTOR_*` variable and its real default, and every documented key is real.
+    #[test]
+    fn every_setting_is_documented_with_its_real_default() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let documented = service_support::config::documented_keys(docs, "INGESTOR_");
+        let defaults = serde_json::to_value(RawSettings::default()).unwrap();
+        let problems = service_support::config::undocumented(&defaults, &documented, "INGESTOR_");
+        assert!(problems.is_empty(), "docs/configuration.md: {problems:#?}");
+    }
 }

@@ -107,3 +107,135 @@ pub enum ConfigError {
         reason: String,
     },
 }
+
+/// One row of a settings table in `docs/configuration.md`: `| key | flag | env | type | default
+/// | meaning | range |`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentedKey {
+    /// The TOML key (the first cell, without backticks).
+    pub key: String,
+    /// The environment variable cell, as written.
+    pub env: String,
+    /// The default cell, as written.
+    pub default: String,
+}
+
+/// The rows of `markdown`'s settings tables whose environment cell names a `prefix` variable,
+/// for the services' tests that hold the documentation to the declared settings (every key
+/// documented, every documented key real, every default shown the real one).
+pub fn documented_keys(markdown: &str, prefix: &str) -> Vec<DocumentedKey> {
+    markdown
+        .lines()
+        .filter_map(|line| {
+            let cells = table_cells(line.strip_prefix('|')?);
+            let key = cells.first()?.strip_prefix('`')?.strip_suffix('`')?;
+            let env = cells.get(2)?;
+            // Settings keys are snake_case; other tables list variables (`STACK_ADMIN_URL`).
+            let is_key = key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            (env.contains(prefix) && is_key).then(|| DocumentedKey {
+                key: key.to_owned(),
+                env: env.clone(),
+                default: cells.get(4).cloned().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// A table row's cells, split on the `|`s that are not escaped (`\|` stands inside a cell).
+fn table_cells(row: &str) -> Vec<String> {
+    let mut cells = vec![String::new()];
+    let mut chars = row.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                chars.next();
+                cells.last_mut().map(|cell| cell.push('|'));
+            }
+            '|' => cells.push(String::new()),
+            _ => {
+                cells.last_mut().map(|cell| cell.push(c));
+            }
+        }
+    }
+    cells.iter().map(|c| c.trim().to_owned()).collect()
+}
+
+/// The first `` `literal` `` of a table cell, e.g. the value of a default cell.
+pub fn first_literal(cell: &str) -> Option<&str> {
+    let start = cell.find('`')? + 1;
+    let end = start + cell[start..].find('`')?;
+    Some(&cell[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_docs_table_reader_splits_escaped_pipes_and_finds_disagreements() {
+        let docs = "| Key | Flag | Env | Type | Default |\n\
+            |---|---|---|---|---|\n\
+            | `a` | `--a <x\\|y>` | `P_A` | int | `10` (ten) | m | r |\n\
+            | `b` | – | `P_B` | text | `on` | m | r |\n\
+            | `gone` | – | `P_GONE` | text | `x` | m | r |\n";
+        let rows = documented_keys(docs, "P_");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].default, "`10` (ten)");
+        let defaults = serde_json::json!({ "a": 10, "b": "off", "c": null });
+        assert_eq!(
+            undocumented(&defaults, &rows, "P_"),
+            [
+                "`b`: documented default \"`on`\", real default \"off\"",
+                "`c` is not documented",
+                "`gone` is documented but is no setting",
+            ]
+        );
+    }
+}
+
+/// Checks a service's documented settings against its declared ones: `defaults` is its raw
+/// settings' `Default`, serialized (one JSON field per key). Returns every disagreement.
+pub fn undocumented(
+    defaults: &serde_json::Value,
+    documented: &[DocumentedKey],
+    prefix: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(fields) = defaults.as_object() else {
+        return vec!["the defaults are not a JSON object".to_owned()];
+    };
+    for (key, value) in fields {
+        let Some(row) = documented.iter().find(|row| row.key == *key) else {
+            problems.push(format!("`{key}` is not documented"));
+            continue;
+        };
+        let env = format!("{prefix}{}", key.to_uppercase());
+        if !row.env.contains(&env) {
+            problems.push(format!("`{key}`: the environment cell does not name {env}"));
+        }
+        let shown = first_literal(&row.default);
+        let agrees = match value {
+            serde_json::Value::Null => true,
+            serde_json::Value::String(s) => shown == Some(s.as_str()),
+            serde_json::Value::Number(n) => shown
+                .and_then(|s| s.parse::<f64>().ok())
+                .is_some_and(|s| Some(s) == n.as_f64()),
+            other => shown == Some(other.to_string().as_str()),
+        };
+        if !agrees {
+            problems.push(format!(
+                "`{key}`: documented default {:?}, real default {value}",
+                row.default
+            ));
+        }
+    }
+    for row in documented {
+        if !fields.contains_key(&row.key) {
+            problems.push(format!("`{}` is documented but is no setting", row.key));
+        }
+    }
+    problems
+}
