@@ -145,21 +145,21 @@ pub fn documented_keys(markdown: &str, prefix: &str) -> Vec<DocumentedKey> {
 
 /// A table row's cells, split on the `|`s that are not escaped (`\|` stands inside a cell).
 fn table_cells(row: &str) -> Vec<String> {
-    let mut cells = vec![String::new()];
+    let mut cells = Vec::new();
+    let mut cell = String::new();
     let mut chars = row.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '\\' if chars.peek() == Some(&'|') => {
                 chars.next();
-                cells.last_mut().map(|cell| cell.push('|'));
+                cell.push('|');
             }
-            '|' => cells.push(String::new()),
-            _ => {
-                cells.last_mut().map(|cell| cell.push(c));
-            }
+            '|' => cells.push(std::mem::take(&mut cell).trim().to_owned()),
+            _ => cell.push(c),
         }
     }
-    cells.iter().map(|c| c.trim().to_owned()).collect()
+    cells.push(cell.trim().to_owned());
+    cells
 }
 
 /// The first `` `literal` `` of a table cell, e.g. the value of a default cell.
