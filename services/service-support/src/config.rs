@@ -169,33 +169,6 @@ pub fn first_literal(cell: &str) -> Option<&str> {
     Some(&cell[start..end])
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn the_docs_table_reader_splits_escaped_pipes_and_finds_disagreements() {
-        let docs = "| Key | Flag | Env | Type | Default |\n\
-            |---|---|---|---|---|\n\
-            | `a` | `--a <x\\|y>` | `P_A` | int | `10` (ten) | m | r |\n\
-            | `b` | – | `P_B` | text | `on` | m | r |\n\
-            | `gone` | – | `P_GONE` | text | `x` | m | r |\n";
-        let rows = documented_keys(docs, "P_");
-        assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0].default, "`10` (ten)");
-        let defaults = serde_json::json!({ "a": 10, "b": "off", "c": null });
-        assert_eq!(
-            undocumented(&defaults, &rows, "P_"),
-            [
-                "`b`: documented default \"`on`\", real default \"off\"",
-                "`c` is not documented",
-                "`gone` is documented but is no setting",
-            ]
-        );
-    }
-}
-
 /// Checks a service's documented settings against its declared ones: `defaults` is its raw
 /// settings' `Default`, serialized (one JSON field per key). Returns every disagreement.
 pub fn undocumented(
@@ -238,4 +211,31 @@ pub fn undocumented(
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_docs_table_reader_splits_escaped_pipes_and_finds_disagreements() {
+        let docs = "| Key | Flag | Env | Type | Default |\n\
+            |---|---|---|---|---|\n\
+            | `a` | `--a <x\\|y>` | `P_A` | int | `10` (ten) | m | r |\n\
+            | `b` | – | `P_B` | text | `on` | m | r |\n\
+            | `gone` | – | `P_GONE` | text | `x` | m | r |\n";
+        let rows = documented_keys(docs, "P_");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].default, "`10` (ten)");
+        let defaults = serde_json::json!({ "a": 10, "b": "off", "c": null });
+        assert_eq!(
+            undocumented(&defaults, &rows, "P_"),
+            [
+                "`b`: documented default \"`on`\", real default \"off\"",
+                "`c` is not documented",
+                "`gone` is documented but is no setting",
+            ]
+        );
+    }
 }
