@@ -1,5 +1,6 @@
 //! The shipped observability files work against the real services: Prometheus (Debian's
-//! `prometheus` package, installed by `.ci/run`) scrapes a running generator and ingestor with
+//! `prometheus` package, installed by `.ci/run`) scrapes a running generator, ingestor and
+//! PostgreSQL exporter (Debian's `prometheus-postgres-exporter`, see [`PostgresExporter`]) with
 //! the project's own scrape config (targets rewritten to the test's ports), every PromQL
 //! expression of the dashboards returns data and names only exported metrics, and every SQL
 //! query of the Business dashboard returns rows from the test database as the read-only
@@ -17,6 +18,7 @@ use serde_json::Value;
 use stack_tests::{free_port, workspace_root, ChildGuard, TestDatabase};
 
 use crate::helpers::*;
+use crate::postgres_exporter::PostgresExporter;
 
 /// The shipped scrape config.
 fn shipped_prometheus_config() -> PathBuf {
@@ -55,7 +57,7 @@ fn dashboard_files() -> [PathBuf; 2] {
 /// Whether an instant-query result holds at least one series with a finite value. An empty
 /// result means the panel shows "No data"; a quantile over a window without observations comes
 /// back as `NaN`, which Grafana draws as a gap: neither counts as data.
-fn has_finite_sample(result: &Value) -> bool {
+pub(crate) fn has_finite_sample(result: &Value) -> bool {
     result.as_array().is_some_and(|series| {
         series.iter().any(|s| {
             s["value"][1]
@@ -106,20 +108,24 @@ fn every_alert_fires_when_it_should_and_not_otherwise_in_its_promtool_unit_tests
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_query_returns_data_from_the_running_services() {
-    // Arrange: database, ingestor, generator, and Prometheus scraping both.
+    // Arrange: database, ingestor, generator, exporter, and Prometheus scraping all three.
     let db = TestDatabase::create().await;
     let input = tempfile::tempdir().unwrap();
     let ingestor = Ingestor::spawn(&ingestor_url(&db), input.path(), &[]);
     let generator = Generator::spawn(input.path());
+    let exporter = PostgresExporter::spawn(&db);
     let shipped = std::fs::read_to_string(shipped_prometheus_config()).unwrap();
     assert_eq!(
         job_names(&shipped),
-        ["generator", "ingestor"],
+        ["generator", "ingestor", "postgres"],
         "the shipped scrape config's jobs changed; update this test's target rewriting"
     );
-    let prometheus =
-        Prometheus::spawn(&[("generator", generator.port), ("ingestor", ingestor.port)]);
-    prometheus.wait_for_targets_up(2, Duration::from_secs(30));
+    let prometheus = Prometheus::spawn(&[
+        ("generator", generator.port),
+        ("ingestor", ingestor.port),
+        ("postgres", exporter.port),
+    ]);
+    prometheus.wait_for_targets_up(3, Duration::from_secs(30));
     // Let the load run so that rates and histograms have samples.
     tokio::time::sleep(Duration::from_secs(20)).await;
 
@@ -137,9 +143,10 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
 
     // Assert: every metric a dashboard names is exported by a service.
     let exposition = format!(
-        "{}\n{}",
+        "{}\n{}\n{}",
         http_get(generator.port, "/metrics").1,
-        http_get(ingestor.port, "/metrics").1
+        http_get(ingestor.port, "/metrics").1,
+        exporter.metrics()
     );
     for (panel, expr) in &promql {
         for metric in metric_names(expr) {
@@ -232,13 +239,14 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
         }
     }
     drop(prometheus);
+    drop(exporter);
     drop(generator);
     drop(ingestor);
 }
 
 /// Walks a dashboard (panels, nested row panels) and collects `(panel title, query)` pairs:
 /// PromQL `expr`s of Prometheus targets and `rawSql` of PostgreSQL targets.
-fn collect_queries(
+pub(crate) fn collect_queries(
     node: &Value,
     promql: &mut Vec<(String, String)>,
     sql: &mut Vec<(String, String)>,
@@ -272,7 +280,7 @@ fn collect_queries(
 }
 
 /// Grafana's interval variables, as a fixed window.
-fn expand_promql(expr: &str) -> String {
+pub(crate) fn expand_promql(expr: &str) -> String {
     ["$__rate_interval", "$__interval", "$__range"]
         .iter()
         .fold(expr.to_owned(), |e, var| e.replace(var, "1m"))
@@ -299,16 +307,24 @@ fn expand_sql(raw: &str) -> String {
     sql
 }
 
-/// The project metrics an expression names (identifiers starting with a service's namespace).
-fn metric_names(expr: &str) -> Vec<String> {
+/// The exported metrics an expression names (identifiers starting with a service's namespace,
+/// `pg_` for the PostgreSQL exporter).
+pub(crate) fn metric_names(expr: &str) -> Vec<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|t| t.starts_with("generator_") || t.starts_with("ingestor_"))
+        .filter(|t| {
+            ["generator_", "ingestor_", "pg_"]
+                .iter()
+                .any(|p| t.starts_with(p))
+        })
         .map(str::to_owned)
         .collect()
 }
 
 /// Collects a child's output lines, echoing them when `TEST_LOG` is set.
-fn capture(name: &'static str, streams: Vec<Box<dyn Read + Send>>) -> Arc<Mutex<Vec<String>>> {
+pub(crate) fn capture(
+    name: &'static str,
+    streams: Vec<Box<dyn Read + Send>>,
+) -> Arc<Mutex<Vec<String>>> {
     let logs = Arc::new(Mutex::new(Vec::new()));
     for stream in streams {
         let logs = logs.clone();
@@ -411,7 +427,7 @@ impl Generator {
 }
 
 /// A real Prometheus server with the shipped scrape jobs pointed at the test's ports.
-struct Prometheus {
+pub(crate) struct Prometheus {
     /// Kills it when the test ends.
     _guard: ChildGuard,
     port: u16,
@@ -421,7 +437,7 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts it with one static target per `(job, port)`, scraped every second.
-    fn spawn(jobs: &[(&str, u16)]) -> Prometheus {
+    pub(crate) fn spawn(jobs: &[(&str, u16)]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
             "# The shipped grafana/prometheus/prometheus.yml with static test targets.\n\
@@ -471,7 +487,7 @@ impl Prometheus {
     }
 
     /// Waits until `count` targets are scraped successfully.
-    fn wait_for_targets_up(&self, count: usize, timeout: Duration) {
+    pub(crate) fn wait_for_targets_up(&self, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -517,7 +533,7 @@ impl Prometheus {
     }
 
     /// An instant query through the HTTP API: (status code, body).
-    fn query(&self, promql: &str) -> (u16, String) {
+    pub(crate) fn query(&self, promql: &str) -> (u16, String) {
         http_get(
             self.port,
             &format!("/api/v1/query?query={}", url_encode(promql)),

@@ -18,5 +18,6 @@ mod endpoints;
 mod file_changes;
 mod http_limits;
 mod operator_commands;
+mod postgres_exporter;
 mod replicas;
 mod report;
