@@ -191,7 +191,7 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
     let client = db.client().await;
     client.batch_execute("SET ROLE analyst").await.unwrap();
     for (panel, raw) in &sql {
-        let query = expand_sql(raw);
+        let query = expand_sql(raw, "now() - interval '1 day'", "now() + interval '1 day'");
         let messages = client
             .simple_query(&query)
             .await
@@ -286,23 +286,20 @@ pub(crate) fn expand_promql(expr: &str) -> String {
         .fold(expr.to_owned(), |e, var| e.replace(var, "1m"))
 }
 
-/// Grafana's PostgreSQL time macros, as a window of a day either side of now (the generator's
-/// late events lie in the past).
-fn expand_sql(raw: &str) -> String {
+/// Grafana's PostgreSQL time macros for the range `from` to `to` (SQL expressions of type
+/// timestamptz, e.g. a day either side of now: the generator's late events lie in the past).
+pub(crate) fn expand_sql(raw: &str, from: &str, to: &str) -> String {
     const MACRO: &str = "$__timeFilter(";
     let mut sql = raw.to_owned();
     while let Some(start) = sql.find(MACRO) {
         let args = start + MACRO.len();
         let end = args + sql[args..].find(')').expect("unclosed $__timeFilter(");
         let column = sql[args..end].trim().to_owned();
-        sql.replace_range(
-            start..=end,
-            &format!("{column} BETWEEN now() - interval '1 day' AND now() + interval '1 day'"),
-        );
+        sql.replace_range(start..=end, &format!("{column} BETWEEN {from} AND {to}"));
     }
     let sql = sql
-        .replace("$__timeFrom()", "(now() - interval '1 day')")
-        .replace("$__timeTo()", "(now() + interval '1 day')");
+        .replace("$__timeFrom()", &format!("({from})"))
+        .replace("$__timeTo()", &format!("({to})"));
     assert!(!sql.contains('$'), "an unexpanded Grafana macro in: {sql}");
     sql
 }

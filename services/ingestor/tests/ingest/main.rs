@@ -6,6 +6,7 @@
 mod helpers;
 
 mod bad_input;
+mod business_dashboard;
 mod connection_causes;
 mod crash;
 mod dashboards;
