@@ -28,7 +28,7 @@ $$;
 
 -- grafana_reader's statement_timeout in this database: a Business panel over a time range too
 -- big for the server is cancelled after 10 s (Grafana shows the error on the panel) instead
--- of competing with ingestion until it ends. docs/observability.md#business has each panel's
+-- of competing with ingestion until it ends. docs/observability.md ("Business") has each panel's
 -- measured cost on 10 million events. Set per database (IN DATABASE), because a role-wide
 -- ALTER ROLE from scripts applied concurrently into several databases would update the same
 -- catalog row ("tuple concurrently updated"); a per-database setting is that database's own
