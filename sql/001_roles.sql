@@ -68,6 +68,26 @@ EXCEPTION
 END
 $$;
 
+-- postgres_exporter: the login of the postgres-exporter service (Prometheus metrics of the
+-- server). A member of PostgreSQL's built-in pg_monitor group and nothing else: it may read the
+-- statistics views and settings of every session and table, but no table's rows (it is not an
+-- analyst). Three connections at most, so a misbehaving exporter cannot take the ingestor's.
+-- No password here: services/postgres/initdb.sh sets it from a Compose secret.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'postgres_exporter') THEN
+        CREATE ROLE postgres_exporter LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+            NOBYPASSRLS CONNECTION LIMIT 3 IN ROLE pg_monitor;
+        COMMENT ON ROLE postgres_exporter IS
+            'Login of the postgres-exporter service (member of pg_monitor only). Password set '
+            'by the deployment.';
+    END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL; -- another session created it concurrently
+END
+$$;
+
 -- Nobody but the owner may create objects in schema public. PostgreSQL 15 already ships this
 -- way for new clusters, but databases created from an older template (or upgraded with
 -- pg_upgrade) may still grant CREATE to PUBLIC; revoking is idempotent.

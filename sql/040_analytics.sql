@@ -1,5 +1,9 @@
--- 040_analytics.sql: the analytics the Business dashboard and analysts query, as views over
--- `events` and `rejected_rows`, readable by the read-only `analyst` role.
+-- 040_analytics.sql: the analytics analysts query, as views over `events` and `rejected_rows`,
+-- readable by the read-only `analyst` role. The Business dashboard reads
+-- analytics_rejections_by_reason; its other panels aggregate `events` directly, filtered on
+-- event_timestamp, so that a range counts exactly its own events (a filter on a view's hour or
+-- minute bucket keeps or drops whole buckets at the range's edges). They bucket minutes with the
+-- same UTC expression as below, whose BRIN index gives the planner the number of minutes.
 --
 -- Why plain views and not materialized views: the cost of a view is paid by whoever queries it,
 -- when they query it, and nothing is added to the ingest path. A materialized view would need a

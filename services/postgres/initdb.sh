@@ -4,8 +4,8 @@
 # runs it once, when the pgdata volume is created, as the postgres user, against a temporary
 # server that listens on the Unix socket only.
 #
-# Applies every script of sql/ in order, then gives the login roles `ingestor` and
-# `grafana_reader` their passwords, read from the secret files that docker-compose.yml mounts
+# Applies every script of sql/ in order, then gives the login roles `ingestor`,
+# `postgres_exporter` and `grafana_reader` their passwords, read from the secret files that docker-compose.yml mounts
 # at /run/secrets. The sql/ scripts stay plain SQL (they also work mounted directly as init
 # scripts, or with psql -f); only the passwords, which must not live in the repository, are set
 # here.
@@ -43,4 +43,6 @@ SQL
 }
 
 set_password ingestor "${INGESTOR_DB_PASSWORD_FILE:-/run/secrets/ingestor_db_password}"
+set_password postgres_exporter "${EXPORTER_DB_PASSWORD_FILE:-/run/secrets/exporter_db_password}"
+# Last: the compose health check takes grafana_reader's password as "initialisation finished".
 set_password grafana_reader "${GRAFANA_DB_PASSWORD_FILE:-/run/secrets/grafana_db_password}"

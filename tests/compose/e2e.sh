@@ -41,6 +41,14 @@ targets_up() {
     [ "${2:-}" != with-generator ] || [[ $(prom_query 'up{job="generator"} == 1') == *'=> 1'* ]]
 }
 
+# Prometheus scrapes the postgres-exporter, and the exporter reaches PostgreSQL as its
+# least-privilege role (its password delivered by secret-init) and runs the custom queries.
+exporter_up() {
+    [[ $(prom_query 'up{job="postgres"} == 1') == *'=> 1'* ]] \
+        && [[ $(prom_query 'pg_up == 1') == *'=> 1'* ]] \
+        && [[ $(prom_query 'pg_table_total_size_bytes{relname="events"} > 0') == *'=> '* ]]
+}
+
 # Prometheus has loaded every alert of grafana/prometheus/alerts.yml and evaluated it cleanly.
 alert_rules_loaded() {
     local want
@@ -221,6 +229,8 @@ run_e2e() {
     say "$(events_stored) events stored"
     wait_until 'targets_up 1 with-generator' "Prometheus does not report the generator and the ingestor up"
     say "Prometheus: generator and 1 ingestor up"
+    wait_until 'exporter_up' "Prometheus does not report the postgres exporter up and reading PostgreSQL"
+    say "Prometheus: postgres-exporter up, pg_up = 1, events table $(prom_query 'pg_table_total_size_bytes{relname="events"}' | sed -n 's/.*=> \([0-9.e+]*\) @.*/\1/p') bytes"
     wait_until 'alert_rules_loaded' "Prometheus did not load and evaluate every rule of grafana/prometheus/alerts.yml"
     say "Prometheus: every alert of alerts.yml loaded and evaluating; firing now: $(prom_query 'count(ALERTS{alertstate="firing"}) or vector(0)' | sed -n 's/.*=> \([0-9]*\) @.*/\1/p')"
 

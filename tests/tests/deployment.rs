@@ -60,17 +60,27 @@ const CAP_ADD: [(&str, &str); 3] = [
     ("pgadmin", "NET_BIND_SERVICE"),
 ];
 /// The only published ports: (service, `.env` variable of the host port, container port).
-const PUBLISHED: [(&str, &str, u16); 3] = [
+const PUBLISHED: [(&str, &str, u16); 4] = [
     ("postgres", "POSTGRES_HOST_PORT", 5432),
     ("grafana", "GRAFANA_HOST_PORT", 3000),
     ("pgadmin", "PGADMIN_HOST_PORT", 5050),
+    ("postgres-exporter", "POSTGRES_EXPORTER_HOST_PORT", 9187),
 ];
+/// Services whose `user:` the compose file states: (service, `uid:gid`). secret-init runs as
+/// root to hand each secret file to its consumer; postgres-exporter's uid is stated because it
+/// must match the owner of its secret file. Every other service runs as its image's user (or,
+/// for postgres, drops to it in the entrypoint).
+const USER: [(&str, &str); 2] = [(ONE_SHOT, "0:0"), ("postgres-exporter", "65534:65534")];
 /// The image variables of `.env` and the official repository each names by default.
-const IMAGES: [(&str, &str); 6] = [
+const IMAGES: [(&str, &str); 7] = [
     ("POSTGRES_IMAGE", "postgres"),
     ("PROMETHEUS_IMAGE", "prom/prometheus"),
     ("GRAFANA_IMAGE", "grafana/grafana"),
     ("PGADMIN_IMAGE", "dpage/pgadmin4"),
+    (
+        "POSTGRES_EXPORTER_IMAGE",
+        "prometheuscommunity/postgres-exporter",
+    ),
     ("RUST_IMAGE", "rust"),
     ("DEBIAN_IMAGE", "debian"),
 ];
@@ -329,7 +339,8 @@ fn check_ports(config: &Json, env: &Env) -> Vec<String> {
 
 /// Restart policy, read-only root, capabilities, no-new-privileges, memory and CPU limits, log
 /// rotation, a health check without curl for every long-running service, Docker's init for our
-/// own images, and bind-mount sources that exist (Compose would create empty folders).
+/// own images, the users of [`USER`], and bind-mount sources that exist (Compose would create
+/// empty folders).
 fn check_hardening(config: &Json) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, s) in services(config) {
@@ -338,6 +349,7 @@ fn check_hardening(config: &Json) -> Vec<String> {
         let mut cap_add = strings(&s["cap_add"]);
         cap_add.sort();
         let documented = CAP_ADD.iter().find(|c| c.0 == name).map_or("", |c| c.1);
+        let user = USER.iter().find(|u| u.0 == name).map(|u| u.1);
         let limits = &s["deploy"]["resources"]["limits"];
         let logs = &s["logging"]["options"];
         let health = healthcheck(s);
@@ -352,6 +364,7 @@ fn check_hardening(config: &Json) -> Vec<String> {
                 s["read_only"] == true, !WRITABLE_ROOT.contains(&name.as_str())
             ],
             "cap_drop": [s["cap_drop"], ["ALL"]],
+            "user (USER lists the stated ones)": [s["user"], user],
             "cap_add": [cap_add.join(" "), documented],
             "no-new-privileges": [no_new_privs, true],
             "a memory limit": [!s["mem_limit"].is_null() || !limits["memory"].is_null(), true],
@@ -867,6 +880,8 @@ fn the_checks_report_a_broken_copy_of_every_file() {
         "/services/grafana/ports/0/host_ip": "0.0.0.0",
         "/services/grafana/volumes/0/source": "/does-not-exist",
         "/services/prometheus/ports": [{"target": 9090, "published": "9090"}],
+        "/services/postgres-exporter/user": "0:0",
+        "/services/postgres-exporter/ports/0/host_ip": "0.0.0.0",
         "/services/secret-init/healthcheck": {"test": ["CMD", "true"]},
         "/services/extra": {"build": {"dockerfile": DOCKERFILE, "target": "ingestr"}},
     });
@@ -925,6 +940,8 @@ fn the_checks_report_a_broken_copy_of_every_file() {
         "service `ingestor`: container_name (it prevents --scale) is \"ingestor\"",
         "service `grafana`: ports (all on 127.0.0.1) is [{\"host_ip\":\"0.0.0.0\"",
         "service `prometheus`: ports (all on 127.0.0.1) is [{",
+        "service `postgres-exporter`: user (USER lists the stated ones) is \"0:0\", must be \"65534:65534\"",
+        "service `postgres-exporter`: ports (all on 127.0.0.1) is [{\"host_ip\":\"0.0.0.0\"",
         "is [{\"host_ip\":\"127.0.0.1\",\"published\":\"5432\",\"target\":5432}]",
         "`grafana`: depends_on `postgres` is \"service_started\", must be \"service_healthy\"",
         "service `grafana`: missing: depends_on `secret-init`",

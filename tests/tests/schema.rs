@@ -45,6 +45,15 @@ async fn execute_as(
     result
 }
 
+/// A client of `db` logged in as `role` (trust authentication on the test server).
+async fn login_as(db: &TestDatabase, role: &str) -> Client {
+    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
+    config.user(role);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 async fn database_exists(admin: &Client, name: &str) -> bool {
     admin
         .query_one(
@@ -251,6 +260,67 @@ async fn grafana_reader_logs_in_as_an_analyst_that_reads_everything_and_writes_n
         insert.expect_err("grafana_reader must not write").code(),
         Some(&SqlState::INSUFFICIENT_PRIVILEGE)
     );
+}
+
+#[tokio::test]
+async fn grafana_reader_logs_in_with_a_statement_timeout_and_other_roles_without_one() {
+    // Arrange
+    let db = TestDatabase::create().await;
+
+    // Act
+    let reader = login_as(&db, "grafana_reader").await;
+    let reader_timeout: String = reader
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin_timeout: String = db
+        .client()
+        .await
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Assert: the Business dashboard's login is cut after 10 s; nobody else is.
+    assert_eq!(reader_timeout, "10s");
+    assert_eq!(admin_timeout, "0");
+}
+
+#[tokio::test]
+async fn postgres_exporter_reads_every_sessions_statistics_but_no_rows() {
+    // Arrange: a session of another role, with a query the exporter should see.
+    let db = TestDatabase::create().await;
+    let admin = db.client().await;
+    insert_purchase(&admin, Uuid::new_v4()).await.unwrap();
+    let exporter = login_as(&db, "postgres_exporter").await;
+
+    // Act
+    let rows = exporter.query("SELECT count(*) FROM events", &[]).await;
+    let role = exporter
+        .query_one(
+            "SELECT rolsuper, rolconnlimit, pg_has_role('pg_monitor', 'MEMBER'), \
+             (SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO events%') \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        rows.expect_err("postgres_exporter must not read events")
+            .code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let (superuser, limit, monitor): (bool, i32, bool) = (role.get(0), role.get(1), role.get(2));
+    assert!(
+        !superuser && monitor,
+        "superuser {superuser}, pg_monitor {monitor}"
+    );
+    assert_eq!(limit, 3, "connection limit");
+    let seen: i64 = role.get(3);
+    assert!(seen >= 1, "pg_monitor shows another role's query text");
 }
 
 #[tokio::test]

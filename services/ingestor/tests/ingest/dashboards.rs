@@ -1,5 +1,6 @@
 //! The shipped observability files work against the real services: Prometheus (Debian's
-//! `prometheus` package, installed by `.ci/run`) scrapes a running generator and ingestor with
+//! `prometheus` package, installed by `.ci/run`) scrapes a running generator, ingestor and
+//! PostgreSQL exporter (Debian's `prometheus-postgres-exporter`, see [`PostgresExporter`]) with
 //! the project's own scrape config (targets rewritten to the test's ports), every PromQL
 //! expression of the dashboards returns data and names only exported metrics, and every SQL
 //! query of the Business dashboard returns rows from the test database as the read-only
@@ -22,6 +23,7 @@ use serde_json::Value;
 use stack_tests::{free_port, workspace_root, ChildGuard, TestDatabase};
 
 use crate::helpers::*;
+use crate::postgres_exporter::PostgresExporter;
 
 /// The shipped scrape config.
 fn shipped_prometheus_config() -> PathBuf {
@@ -60,7 +62,7 @@ fn dashboard_files() -> [PathBuf; 2] {
 /// Whether an instant-query result holds at least one series with a finite value. An empty
 /// result means the panel shows "No data"; a quantile over a window without observations comes
 /// back as `NaN`, which Grafana draws as a gap: neither counts as data.
-fn has_finite_sample(result: &Value) -> bool {
+pub(crate) fn has_finite_sample(result: &Value) -> bool {
     result.as_array().is_some_and(|series| {
         series.iter().any(|s| {
             s["value"][1]
@@ -116,22 +118,24 @@ const DATABASE_PANEL: &str = "Database";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_query_returns_data_from_the_running_services() {
-    // Arrange: database, two ingestor replicas sharing one input directory, the generator, and
-    // Prometheus scraping all three.
+    // Arrange: database, two ingestor replicas sharing one input directory, the generator, the
+    // PostgreSQL exporter, and Prometheus scraping all of them.
     let db = TestDatabase::create().await;
     let input = tempfile::tempdir().unwrap();
     let replica_a = Ingestor::spawn(&ingestor_url(&db), input.path(), &[]);
     let replica_b = Ingestor::spawn(&ingestor_url(&db), input.path(), &[]);
     let generator = Generator::spawn(input.path());
+    let exporter = PostgresExporter::spawn(&db);
     let shipped = std::fs::read_to_string(shipped_prometheus_config()).unwrap();
     assert_eq!(
         job_names(&shipped),
-        ["generator", "ingestor"],
+        ["generator", "ingestor", "postgres"],
         "the shipped scrape config's jobs changed; update this test's target rewriting"
     );
-    let prometheus = Prometheus::spawn(generator.port);
+    let prometheus =
+        Prometheus::spawn(&[("generator", generator.port), ("postgres", exporter.port)]);
     prometheus.discover_ingestors(&[replica_a.port, replica_b.port]);
-    prometheus.wait_for_targets(3, 0, Duration::from_secs(30));
+    prometheus.wait_for_targets(4, 0, Duration::from_secs(30));
     // Let the load run so that rates and histograms have samples.
     tokio::time::sleep(Duration::from_secs(20)).await;
 
@@ -149,9 +153,10 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
 
     // Assert: every metric a dashboard names is exported by a service.
     let exposition = format!(
-        "{}\n{}",
+        "{}\n{}\n{}",
         http_get(generator.port, "/metrics").1,
-        http_get(replica_a.port, "/metrics").1
+        http_get(replica_a.port, "/metrics").1,
+        exporter.metrics()
     );
     for (panel, expr) in &promql {
         for metric in metric_names(expr) {
@@ -196,7 +201,7 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
     let client = db.client().await;
     client.batch_execute("SET ROLE analyst").await.unwrap();
     for (panel, raw) in &sql {
-        let query = expand_sql(raw);
+        let query = expand_sql(raw, "now() - interval '1 day'", "now() + interval '1 day'");
         let messages = client
             .simple_query(&query)
             .await
@@ -260,7 +265,7 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
     // Docker's DNS answer.
     drop(replica_b);
     prometheus.discover_ingestors(&[replica_a.port]);
-    prometheus.wait_for_targets(2, 0, Duration::from_secs(30));
+    prometheus.wait_for_targets(3, 0, Duration::from_secs(30));
     // Assert: it is still expected, so it counts as missing, and not all replicas are ready.
     await_stat_values(
         &prometheus,
@@ -270,7 +275,7 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
 
     // Act: the other replica stops too (its target stays listed, and is scraped as down).
     drop(replica_a);
-    prometheus.wait_for_targets(1, 1, Duration::from_secs(30));
+    prometheus.wait_for_targets(2, 1, Duration::from_secs(30));
     // Assert: every stat panel still shows a number: none ready of two, NOT READY, database
     // not seen up by anyone.
     await_stat_values(
@@ -283,6 +288,7 @@ async fn every_dashboard_query_returns_data_from_the_running_services() {
         ],
     );
     drop(prometheus);
+    drop(exporter);
     drop(generator);
 }
 
@@ -354,7 +360,7 @@ fn await_stat_values(prometheus: &Prometheus, dashboard: &Value, expected: &[(&s
 
 /// Walks a dashboard (panels, nested row panels) and collects `(panel title, query)` pairs:
 /// PromQL `expr`s of Prometheus targets and `rawSql` of PostgreSQL targets.
-fn collect_queries(
+pub(crate) fn collect_queries(
     node: &Value,
     promql: &mut Vec<(String, String)>,
     sql: &mut Vec<(String, String)>,
@@ -388,39 +394,36 @@ fn collect_queries(
 }
 
 /// Grafana's interval variables, as a fixed window.
-fn expand_promql(expr: &str) -> String {
+pub(crate) fn expand_promql(expr: &str) -> String {
     ["$__rate_interval", "$__interval", "$__range"]
         .iter()
         .fold(expr.to_owned(), |e, var| e.replace(var, "1m"))
 }
 
-/// Grafana's PostgreSQL time macros, as a window of a day either side of now (the generator's
-/// late events lie in the past).
-fn expand_sql(raw: &str) -> String {
+/// Grafana's PostgreSQL time macros for the range `from` to `to` (SQL expressions of type
+/// timestamptz, e.g. a day either side of now: the generator's late events lie in the past).
+pub(crate) fn expand_sql(raw: &str, from: &str, to: &str) -> String {
     const MACRO: &str = "$__timeFilter(";
     let mut sql = raw.to_owned();
     while let Some(start) = sql.find(MACRO) {
         let args = start + MACRO.len();
         let end = args + sql[args..].find(')').expect("unclosed $__timeFilter(");
         let column = sql[args..end].trim().to_owned();
-        sql.replace_range(
-            start..=end,
-            &format!("{column} BETWEEN now() - interval '1 day' AND now() + interval '1 day'"),
-        );
+        sql.replace_range(start..=end, &format!("{column} BETWEEN {from} AND {to}"));
     }
     let sql = sql
-        .replace("$__timeFrom()", "(now() - interval '1 day')")
-        .replace("$__timeTo()", "(now() + interval '1 day')");
+        .replace("$__timeFrom()", &format!("({from})"))
+        .replace("$__timeTo()", &format!("({to})"));
     assert!(!sql.contains('$'), "an unexpanded Grafana macro in: {sql}");
     sql
 }
 
-/// The services' metrics an expression names (identifiers starting with a service's namespace,
-/// or the process collector's).
-fn metric_names(expr: &str) -> Vec<String> {
+/// The exported metrics an expression names (identifiers starting with a service's namespace,
+/// the process collector's, or `pg_` for the PostgreSQL exporter).
+pub(crate) fn metric_names(expr: &str) -> Vec<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .filter(|t| {
-            ["generator_", "ingestor_", "process_"]
+            ["generator_", "ingestor_", "process_", "pg_"]
                 .iter()
                 .any(|prefix| t.starts_with(prefix))
         })
@@ -429,7 +432,10 @@ fn metric_names(expr: &str) -> Vec<String> {
 }
 
 /// Collects a child's output lines, echoing them when `TEST_LOG` is set.
-fn capture(name: &'static str, streams: Vec<Box<dyn Read + Send>>) -> Arc<Mutex<Vec<String>>> {
+pub(crate) fn capture(
+    name: &'static str,
+    streams: Vec<Box<dyn Read + Send>>,
+) -> Arc<Mutex<Vec<String>>> {
     let logs = Arc::new(Mutex::new(Vec::new()));
     for stream in streams {
         let logs = logs.clone();
@@ -519,7 +525,7 @@ impl Generator {
 }
 
 /// A real Prometheus server with the shipped scrape jobs pointed at the test's ports.
-struct Prometheus {
+pub(crate) struct Prometheus {
     /// Kills it when the test ends.
     _guard: ChildGuard,
     port: u16,
@@ -531,23 +537,28 @@ struct Prometheus {
 const INGESTOR_TARGETS: &str = "ingestor-targets.json";
 
 impl Prometheus {
-    /// Starts it scraping every second: the generator on `generator_port`, and the ingestor
-    /// replicas [`discover_ingestors`](Self::discover_ingestors) lists, through file-based
-    /// discovery, which stands in for the shipped Docker DNS discovery: a replica taken out of
-    /// the list disappears from Prometheus, as a stopped container disappears from DNS.
-    fn spawn(generator_port: u16) -> Prometheus {
+    /// Starts it scraping every second: one static target per `(job, port)` of `static_jobs`,
+    /// and the ingestor replicas [`discover_ingestors`](Self::discover_ingestors) lists, through
+    /// file-based discovery, which stands in for the shipped Docker DNS discovery: a replica
+    /// taken out of the list disappears from Prometheus, as a stopped container disappears from
+    /// DNS.
+    pub(crate) fn spawn(static_jobs: &[(&str, u16)]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(INGESTOR_TARGETS), "[]").unwrap();
-        let config = format!(
+        let mut config = format!(
             "# The shipped grafana/prometheus/prometheus.yml with the test's targets.\n\
              global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {:?}\n\
              scrape_configs:\n\
-             \x20 - job_name: generator\n    static_configs:\n      - targets: [\"127.0.0.1:{generator_port}\"]\n\
              \x20 - job_name: ingestor\n    file_sd_configs:\n      - files: [{:?}]\n        refresh_interval: 1s\n",
             shipped_alert_files().0,
             dir.path().join(INGESTOR_TARGETS)
         );
+        for (job, port) in static_jobs {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+            ));
+        }
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
         let port = free_port();
@@ -584,7 +595,7 @@ impl Prometheus {
     }
 
     /// Makes the `ingestor` job's targets the replicas listening on `ports`, and only those.
-    fn discover_ingestors(&self, ports: &[u16]) {
+    pub(crate) fn discover_ingestors(&self, ports: &[u16]) {
         let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let list = serde_json::json!([{ "targets": targets }]).to_string();
         // Written aside and renamed in, so that Prometheus never reads half a file.
@@ -595,7 +606,7 @@ impl Prometheus {
     }
 
     /// Waits until Prometheus scrapes exactly `up` targets successfully and `down` unsuccessfully.
-    fn wait_for_targets(&self, up: usize, down: usize, timeout: Duration) {
+    pub(crate) fn wait_for_targets(&self, up: usize, down: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -657,7 +668,7 @@ impl Prometheus {
     }
 
     /// An instant query through the HTTP API: (status code, body).
-    fn query(&self, promql: &str) -> (u16, String) {
+    pub(crate) fn query(&self, promql: &str) -> (u16, String) {
         http_get(
             self.port,
             &format!("/api/v1/query?query={}", url_encode(promql)),

@@ -18,14 +18,18 @@ pub const INGESTOR: &str = env!("CARGO_BIN_EXE_ingestor");
 
 /// The test database's URL for the least-privilege `ingestor` role (trust auth locally).
 pub fn ingestor_url(db: &TestDatabase) -> String {
-    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
-    config.user("ingestor");
+    role_url(db, "ingestor")
+}
+
+/// The test database's URL for a login `role` of sql/001_roles.sql (trust auth locally).
+pub fn role_url(db: &TestDatabase, role: &str) -> String {
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
     let host = match &config.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
         tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("postgres://ingestor@{host}:{port}/{}", db.name)
+    format!("postgres://{role}@{host}:{port}/{}", db.name)
 }
 
 /// A running ingestor process, killed when dropped.

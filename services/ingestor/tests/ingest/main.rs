@@ -6,6 +6,7 @@
 mod helpers;
 
 mod bad_input;
+mod business_dashboard;
 mod connection_causes;
 mod crash;
 mod dashboards;
@@ -20,5 +21,6 @@ mod endpoints;
 mod file_changes;
 mod http_limits;
 mod operator_commands;
+mod postgres_exporter;
 mod replicas;
 mod report;
