@@ -18,6 +18,7 @@ use crate::pipeline::worker::{self, WorkerState};
 use crate::readiness::Readiness;
 use crate::routes::{router, AppState, StatusSnapshot};
 use crate::source::Discovery;
+use crate::store::presence::Presence;
 use crate::store::{build_pool, Pool};
 
 /// A built, not yet running, ingestor.
@@ -102,6 +103,7 @@ impl Application {
         let worker_state = WorkerState {
             metrics: metrics.clone(),
             readiness: readiness.clone(),
+            presence: Presence::spawn(settings.clone(), cancel.clone()),
         };
         let mut loader = tracker.spawn({
             let (settings, cancel) = (settings.clone(), cancel.clone());

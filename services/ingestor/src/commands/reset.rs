@@ -1,11 +1,12 @@
 //! `ingestor reset --yes`: the old pipelines' reset utility, made safe. It refuses while an
-//! ingestor is connected (it would load into the tables being emptied), empties everything in
+//! ingestor runs on the database (found by its presence lock, see `store::presence`: it would
+//! load into the tables being emptied, and remember ids that are gone), empties everything in
 //! one transaction, and can move archived files back for a full re-load.
 
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::store::connect_once;
+use crate::store::{connect_once, presence};
 
 /// Empties events, ledger and rejections; optionally restores archived files.
 ///
@@ -17,14 +18,11 @@ pub async fn run(settings: &Settings, yes: bool, restore_archived: bool) -> anyh
         "reset deletes every loaded event, the ledger and all rejected rows; add --yes to confirm"
     );
     let mut client = connect_once(settings, "ingestor-reset").await?;
-    let running: i64 = client
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ingestor' AND datname = current_database()", &[])
-        .await
-        .context("cannot check for running ingestors")?
-        .get(0);
+    // Held until this session ends, so no ingestor can start loading during the reset.
     anyhow::ensure!(
-        running == 0,
-        "{running} ingestor connection(s) are open on this database; stop the ingestors first"
+        presence::lock_out_ingestors(&client).await?,
+        "an ingestor is running on this database (it holds the presence lock); stop the \
+         ingestors first"
     );
     let tx = client.transaction().await.context("cannot begin")?;
     tx.batch_execute("TRUNCATE events, rejected_rows, ingest_files, pruned_files")

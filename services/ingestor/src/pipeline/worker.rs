@@ -31,6 +31,7 @@ use crate::model::{FileFailure, LedgerStatus};
 use crate::readiness::Readiness;
 use crate::source::{Candidate, Discovery, Scan};
 use crate::store::pool::{classify, reached_database, Failure};
+use crate::store::presence::{Presence, SeenPresence};
 use crate::store::recent_ids::CommittedIds;
 use crate::store::{ledger, Pool};
 
@@ -48,6 +49,8 @@ pub struct WorkerState {
     pub metrics: Metrics,
     /// What the loops' batches say about readiness, for `/readyz`.
     pub readiness: Readiness,
+    /// The presence lock that keeps `ingestor reset` away; loading waits while it is not held.
+    pub presence: Presence,
 }
 
 /// What the loops of one process share.
@@ -139,6 +142,7 @@ async fn run_loop(ctx: LoopContext) {
     let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
     let mut changes = shared.discovery.subscribe();
+    let mut seen_presence = SeenPresence::default();
     while !cancel.is_cancelled() {
         let scan = shared.discovery.scan().unwrap_or_else(|e| {
             DirectoryUnlistable { error: &e }.emit(&state.metrics);
@@ -165,6 +169,10 @@ async fn run_loop(ctx: LoopContext) {
             }
             continue;
         };
+        state
+            .presence
+            .before_batch(&mut seen_presence, &shared.committed, &cancel)
+            .await;
         let batch = claimed.files();
         let started = Instant::now();
         let loaded = load_batch(&settings, &pool, batch, &cancel, &shared.committed).await;

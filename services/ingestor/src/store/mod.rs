@@ -7,6 +7,7 @@ pub mod identity;
 pub mod ledger;
 pub mod ledger_report;
 pub mod pool;
+pub mod presence;
 pub mod recent_ids;
 
 pub use pool::{

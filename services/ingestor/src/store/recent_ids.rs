@@ -96,6 +96,13 @@ impl CommittedIds {
         ids.map(|id| memory.contains(id)).collect()
     }
 
+    /// Forgets every id: what it remembered may have been deleted since (`ingestor reset` ran
+    /// while this process could not prove it was running, see `store::presence`).
+    pub fn forget_all(&self) {
+        let mut memory = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        *memory = RecentIds::new(memory.capacity);
+    }
+
     /// Remembers ids whose transaction has committed.
     pub fn remember<'a>(&self, ids: impl Iterator<Item = &'a Uuid>) {
         let mut memory = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

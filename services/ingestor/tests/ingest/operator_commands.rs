@@ -261,6 +261,70 @@ async fn reset_needs_confirmation_and_an_admin_connection_then_allows_a_full_rel
     drop(again);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_finds_a_running_ingestor_by_its_presence_lock_not_its_application_name() {
+    // Arrange: an ingestor with an application_name of its own, idle with an empty pool.
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}?application_name=custom-loader", ingestor_url(&db));
+    let running = Ingestor::spawn(&url, dir.path(), &[]);
+    wait_for_presence(&db, 1).await;
+    let client = db.client().await;
+    let open: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'ingestor'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "the old check (application_name = 'ingestor') would see nothing");
+    // Act
+    let refused = ingestor(&db.url, dir.path(), &["reset", "--yes"]);
+    drop(running);
+    wait_for_presence(&db, 0).await;
+    let allowed = ingestor(&db.url, dir.path(), &["reset", "--yes"]);
+    // Assert
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop the ingestors first"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+}
+
+/// Waits until `holders` sessions hold the ingestors' presence lock on the test database.
+async fn wait_for_presence(db: &TestDatabase, holders: i64) {
+    let client = db.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let held: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() \
+                 AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+                &[&ingestor::store::presence::RUNNING_LOCK_KEY],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if held == holders {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} presence holders, expected {holders}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn healthcheck_follows_readiness_of_the_running_service() {
     // Arrange
