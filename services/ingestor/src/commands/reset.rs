@@ -6,7 +6,7 @@
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::store::{connect_once, presence};
+use crate::store::{connect_once, ledger, presence};
 
 /// Empties events, ledger and rejections; optionally restores archived files.
 ///
@@ -24,11 +24,7 @@ pub async fn run(settings: &Settings, yes: bool, restore_archived: bool) -> anyh
         "an ingestor is running on this database (it holds the presence lock); stop the \
          ingestors first"
     );
-    let tx = client.transaction().await.context("cannot begin")?;
-    tx.batch_execute("TRUNCATE events, rejected_rows, ingest_files, pruned_files")
-        .await
-        .context("cannot empty the tables (reset needs the tables' owner, not the `ingestor` role: set DATABASE_URL to an admin connection)")?;
-    tx.commit().await.context("cannot commit the reset")?;
+    ledger::empty_everything(&mut client).await?;
     println!("emptied events, rejected_rows, ingest_files and pruned_files");
     if restore_archived {
         let moved = restore(settings)?;

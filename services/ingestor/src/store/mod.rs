@@ -2,6 +2,7 @@
 //! binary COPY of events and rejected rows. Everything here runs inside a transaction the
 //! pipeline owns, so a file's rows, its rejections and its ledger entry commit together.
 
+pub mod analytics;
 pub mod copy;
 pub mod identity;
 pub mod ledger;

@@ -279,7 +279,10 @@ async fn reset_finds_a_running_ingestor_by_its_presence_lock_not_its_application
         .await
         .unwrap()
         .get(0);
-    assert_eq!(open, 0, "the old check (application_name = 'ingestor') would see nothing");
+    assert_eq!(
+        open, 0,
+        "the old check (application_name = 'ingestor') would see nothing"
+    );
     // Act
     let refused = ingestor(&db.url, dir.path(), &["reset", "--yes"]);
     drop(running);
