@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::config::Settings;
+use crate::store::inspect::{self, SchemaVersion};
 use crate::store::{connect_once, encoding_problem, server_encoding};
 
 /// The schema version this ingestor needs: the number of the newest script in `sql/`, which
@@ -166,19 +167,10 @@ fn check_dir(report: &mut Report, role: &str, dir: &Path, may_create: bool) {
 
 /// How this session reached the server, as the server saw it (`pg_stat_ssl`).
 async fn transport(client: &tokio_postgres::Client) -> String {
-    match client
-        .query_one(
-            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-    {
-        Ok(row) if row.get::<_, bool>(0) => format!(
-            "over TLS ({})",
-            row.get::<_, Option<String>>(1).unwrap_or_default()
-        ),
-        Ok(_) => "without TLS".to_owned(),
-        Err(e) => format!("transport unknown ({e})"),
+    match inspect::session_tls(client).await {
+        Ok(Some(version)) => format!("over TLS ({version})"),
+        Ok(None) => "without TLS".to_owned(),
+        Err(e) => format!("transport unknown ({e:#})"),
     }
 }
 
@@ -194,11 +186,8 @@ async fn check_encoding(report: &mut Report, client: &tokio_postgres::Client) {
 
 async fn check_schema_version(report: &mut Report, client: &tokio_postgres::Client) {
     let newest = SCHEMA_VERSION;
-    match client
-        .query_one("SELECT max(version) FROM schema_version", &[])
-        .await
-    {
-        Ok(row) => match row.get::<_, Option<i32>>(0) {
+    match inspect::schema_version(client).await {
+        Ok(SchemaVersion::Recorded(recorded)) => match recorded {
             Some(version) if version >= newest => {
                 report.pass(&format!("schema version {version} (needs {newest})"))
             }
@@ -207,23 +196,19 @@ async fn check_schema_version(report: &mut Report, client: &tokio_postgres::Clie
                 version.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
             )),
         },
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => report
-            .fail(&format!(
+        Ok(SchemaVersion::Unrecorded) => report.fail(&format!(
                 "schema version unknown (no table schema_version): the schema predates sql/050_schema_version.sql or was never applied; apply the scripts of sql/ in order (they are safe to apply twice); this ingestor needs version {newest}"
             )),
-        Err(e) => report.fail(&format!("cannot read the schema version: {e}")),
+        Err(e) => report.fail(&format!("{e:#}")),
     }
 }
 
 async fn check_schema(report: &mut Report, client: &tokio_postgres::Client) {
     for (table, columns) in REQUIRED_COLUMNS {
-        let found: Vec<String> = match client
-            .query("SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1", &[&table])
-            .await
-        {
-            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        let found = match inspect::table_columns(client, table).await {
+            Ok(found) => found,
             Err(e) => {
-                report.fail(&format!("cannot read the schema of {table}: {e}"));
+                report.fail(&format!("{e:#}"));
                 continue;
             }
         };
@@ -253,17 +238,10 @@ async fn check_schema(report: &mut Report, client: &tokio_postgres::Client) {
 }
 
 async fn check_privileges(report: &mut Report, client: &tokio_postgres::Client) {
-    let Ok(row) = client
-        .query_one(
-            "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await
-    else {
+    let Ok((user, superuser)) = inspect::current_role(client).await else {
         report.fail("cannot read the current role");
         return;
     };
-    let (user, superuser): (String, bool) = (row.get(0), row.get(1));
     if superuser {
         report.warn(&format!(
             "connected as superuser {user}: use the least-privilege role `ingestor`"
@@ -272,32 +250,17 @@ async fn check_privileges(report: &mut Report, client: &tokio_postgres::Client) 
         report.pass(&format!("connected as {user}, not a superuser"));
     }
     for (table, privilege) in NEEDED {
-        let has = has_privilege(client, table, privilege).await;
+        let has = inspect::has_privilege(client, table, privilege).await;
         report.check(
             has == Some(true),
             &format!("{user} may {privilege} on {table}"),
         );
     }
     for (table, privilege) in EXCESSIVE {
-        if !superuser && has_privilege(client, table, privilege).await == Some(true) {
+        if !superuser && inspect::has_privilege(client, table, privilege).await == Some(true) {
             report.warn(&format!(
                 "{user} may {privilege} on {table}: more than it needs"
             ));
         }
     }
-}
-
-async fn has_privilege(
-    client: &tokio_postgres::Client,
-    table: &str,
-    privilege: &str,
-) -> Option<bool> {
-    client
-        .query_one(
-            "SELECT has_table_privilege(current_user, $1, $2)",
-            &[&table, &privilege],
-        )
-        .await
-        .ok()
-        .map(|r| r.get(0))
 }

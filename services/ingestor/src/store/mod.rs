@@ -5,6 +5,7 @@
 pub mod analytics;
 pub mod copy;
 pub mod identity;
+pub mod inspect;
 pub mod ledger;
 pub mod ledger_report;
 pub mod pool;
