@@ -185,10 +185,28 @@ pub async fn clear_failed(
     Ok(u64::try_from(cleared).unwrap_or_default())
 }
 
+/// [`FileIdentity::lock_key`] in SQL, of a row's `content_hash`: the first 8 bytes as a
+/// little-endian `bigint` (each shift in parentheses: PostgreSQL gives `|` and `<<` one
+/// precedence, left to right). Zero bytes pad a hash shorter than 8 bytes (none the ingestor
+/// writes, but a hand-made row must not make every prune fail).
+pub const CONTENT_LOCK_KEY: &str = "(get_byte(content_hash || '\\x0000000000000000'::bytea, 0)::bigint \
+    | (get_byte(content_hash || '\\x0000000000000000'::bytea, 1)::bigint << 8) \
+    | (get_byte(content_hash || '\\x0000000000000000'::bytea, 2)::bigint << 16) \
+    | (get_byte(content_hash || '\\x0000000000000000'::bytea, 3)::bigint << 24) \
+    | (get_byte(content_hash || '\\x0000000000000000'::bytea, 4)::bigint << 32) \
+    | (get_byte(content_hash || '\\x0000000000000000'::bytea, 5)::bigint << 40) \
+    | (get_byte(content_hash || '\\x0000000000000000'::bytea, 6)::bigint << 48) \
+    | (get_byte(content_hash || '\\x0000000000000000'::bytea, 7)::bigint << 56))";
+
 /// Deletes finished ledger entries older than `days` (their rejected rows go with them) and, in
 /// the same statement, keeps each one's identity, outcome and counts in `pruned_files`, so the
 /// same content delivered again is recognised as finished ([`claim`]) instead of storing its
 /// rejected rows a second time. Returns how many entries were pruned.
+///
+/// Each entry is pruned only under its content's advisory lock, the one [`claim`] takes: a
+/// re-delivery being claimed while its entry is pruned would otherwise see the entry neither in
+/// the ledger (deleted) nor in `pruned_files` (not yet committed) and store its rejected rows a
+/// second time. An entry whose lock is held is left for the next prune.
 ///
 /// # Errors
 /// On a database error.
@@ -196,14 +214,17 @@ pub async fn prune(client: &tokio_postgres::Client, days: u32) -> anyhow::Result
     let days = i32::try_from(days).unwrap_or(i32::MAX);
     client
         .execute(
-            "WITH pruned AS (DELETE FROM ingest_files WHERE status IN ($2, $3) \
+            &format!(
+                "WITH pruned AS (DELETE FROM ingest_files WHERE status IN ($2, $3) \
                AND committed_at < now() - make_interval(days => $1) \
+               AND pg_try_advisory_xact_lock({CONTENT_LOCK_KEY}) \
                RETURNING content_hash, size_bytes, file_id, status, lines, accepted, duplicates, \
                  rejected, committed_at) \
              INSERT INTO pruned_files (content_hash, size_bytes, file_id, status, lines, accepted, \
                duplicates, rejected, committed_at) \
              SELECT * FROM pruned \
-             ON CONFLICT ON CONSTRAINT pruned_files_pkey DO NOTHING",
+             ON CONFLICT ON CONSTRAINT pruned_files_pkey DO NOTHING"
+            ),
             &[&days, &LedgerStatus::Loaded, &LedgerStatus::Failed],
         )
         .await

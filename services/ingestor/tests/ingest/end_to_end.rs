@@ -418,3 +418,62 @@ async fn a_different_file_reusing_an_old_name_is_loaded_and_delete_mode_removes_
     assert_eq!(event_files(dir.path()).len(), 0, "loaded files are deleted");
     drop(ingestor);
 }
+
+#[tokio::test]
+async fn an_entry_is_pruned_only_under_its_contents_lock_so_a_claim_never_races_the_prune() {
+    // Arrange: a finished entry past retention, and a session holding its content's lock as a
+    // claim of the same content does.
+    let db = TestDatabase::create().await;
+    let client = db.client().await;
+    let hash: Vec<u8> = (1..=32).map(|b| b * 7).collect();
+    client
+        .execute(
+            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, lines, \
+             accepted, committed_at) VALUES ('old.csv', 10, $1, 'loaded', 1, 1, \
+             now() - interval '3 days')",
+            &[&hash],
+        )
+        .await
+        .unwrap();
+    let identity = ingestor::model::FileIdentity {
+        size: 10,
+        hash: hash.clone().try_into().unwrap(),
+    };
+    let sql_key: i64 = client
+        .query_one(
+            &format!(
+                "SELECT {} FROM ingest_files",
+                ingestor::store::ledger::CONTENT_LOCK_KEY
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sql_key,
+        identity.lock_key(),
+        "the SQL key is the claim's key"
+    );
+    let claimer = db.client().await;
+    claimer
+        .execute("SELECT pg_advisory_lock($1)", &[&identity.lock_key()])
+        .await
+        .unwrap();
+    // Act
+    let while_claimed = ingestor::store::ledger::prune(&client, 1).await.unwrap();
+    claimer
+        .execute("SELECT pg_advisory_unlock($1)", &[&identity.lock_key()])
+        .await
+        .unwrap();
+    let afterwards = ingestor::store::ledger::prune(&client, 1).await.unwrap();
+    // Assert
+    assert_eq!(while_claimed, 0, "pruned while its content's lock was held");
+    assert_eq!(afterwards, 1);
+    let kept: i64 = client
+        .query_one("SELECT count(*) FROM pruned_files", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1);
+}
