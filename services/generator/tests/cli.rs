@@ -39,6 +39,15 @@ fn published_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// How many files in `dir` are published under their final names (a hidden name is a file in
+/// progress).
+fn complete_files(dir: &Path) -> usize {
+    published_files(dir)
+        .iter()
+        .filter(|f| !f.file_name().unwrap().to_str().unwrap().starts_with('.'))
+        .count()
+}
+
 /// Per file: (valid event ids, rejection codes).
 fn read_back(path: &Path) -> (Vec<uuid::Uuid>, Vec<&'static str>) {
     let file = std::fs::File::open(path).unwrap();
@@ -205,7 +214,8 @@ fn sigterm_discards_the_file_in_progress_and_exits_zero() {
         .spawn()
         .unwrap();
     let mut guard = ChildGuard::new(child);
-    std::thread::sleep(Duration::from_millis(1_300));
+    // Three files published (hidden names are files in progress): the fourth is in progress.
+    eventually("three published files", || complete_files(dir.path()) >= 3);
     // Act
     let status = Command::new("kill")
         .args(["-TERM", &guard.pid().to_string()])
@@ -220,7 +230,7 @@ fn sigterm_discards_the_file_in_progress_and_exits_zero() {
     let files = published_files(dir.path());
     assert!(
         files.len() >= 3,
-        "about 5 files in 1.3 s, got {}",
+        "the three files published before SIGTERM are kept, got {}",
         files.len()
     );
     for file in files {
@@ -386,10 +396,7 @@ fn metrics_and_livez_are_served_while_running_and_agree_with_the_files_on_disk()
         samples(&exposition)["generator_files_total"] >= 3.0
     });
     // Hidden temp files are the file in progress, not published ones.
-    let on_disk_after_scrape = published_files(dir.path())
-        .iter()
-        .filter(|f| !f.file_name().unwrap().to_str().unwrap().starts_with('.'))
-        .count();
+    let on_disk_after_scrape = complete_files(dir.path());
 
     // Assert: the exposition follows the naming conventions (the process collector's families
     // keep their standard `process_` names).

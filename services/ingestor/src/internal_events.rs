@@ -862,8 +862,10 @@ pub struct DirectoryClaimed<'a> {
 
 impl DirectoryClaimed<'_> {
     /// Logs.
-    pub fn emit(&self, m: &Metrics) {
-        m.set_database_up(true);
+    pub fn emit(&self, _m: &Metrics) {
+        // `ingestor_database_up` is `Readiness`'s to set: this answer is already old when the
+        // marker is written, and setting it here raced a readiness probe that saw the database
+        // gone meanwhile.
         tracing::info!(
             dir = %self.dir.display(),
             database = %self.identity.database,
@@ -886,8 +888,7 @@ pub struct DatabaseIdentityUnavailable<'a> {
 
 impl DatabaseIdentityUnavailable<'_> {
     /// Logs.
-    pub fn emit(&self, m: &Metrics) {
-        m.set_database_up(false);
+    pub fn emit(&self, _m: &Metrics) {
         tracing::warn!(error.message = %format!("{:#}", self.error), retry_in_ms = self.retry_in.as_millis() as u64, "Database unavailable; loading starts once it answers");
     }
 }

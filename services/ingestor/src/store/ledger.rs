@@ -189,7 +189,8 @@ pub async fn clear_failed(
 /// little-endian `bigint` (each shift in parentheses: PostgreSQL gives `|` and `<<` one
 /// precedence, left to right). Zero bytes pad a hash shorter than 8 bytes (none the ingestor
 /// writes, but a hand-made row must not make every prune fail).
-pub const CONTENT_LOCK_KEY: &str = "(get_byte(content_hash || '\\x0000000000000000'::bytea, 0)::bigint \
+pub const CONTENT_LOCK_KEY: &str =
+    "(get_byte(content_hash || '\\x0000000000000000'::bytea, 0)::bigint \
     | (get_byte(content_hash || '\\x0000000000000000'::bytea, 1)::bigint << 8) \
     | (get_byte(content_hash || '\\x0000000000000000'::bytea, 2)::bigint << 16) \
     | (get_byte(content_hash || '\\x0000000000000000'::bytea, 3)::bigint << 24) \

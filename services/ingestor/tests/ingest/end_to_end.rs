@@ -1,4 +1,5 @@
-//! The whole path: generator files with injected faults, loaded by a real ingestor process.
+//! The whole path: generator files with injected faults, loaded by a real ingestor (a process
+//! where its exit status or its log lines are asserted, else in-process through `spawn_app`).
 
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ async fn a_file_that_reappears_under_another_name_is_not_loaded_again() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 2, 500, 5, Faults::default());
     let expected = expected(&event_files(dir.path()));
-    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    let ingestor = spawn_app(&ingestor_url(&db), dir.path(), &[]).await;
     wait_for_ledger(&db, dir.path(), 2, Duration::from_secs(30)).await;
     // Act: re-deliver a loaded file under a new name.
     let archived = event_files(&dir.path().join("processed"));
@@ -88,11 +89,12 @@ async fn ledger_entries_past_retention_are_pruned_with_their_rejections() {
         .await
         .unwrap();
     // Act
-    let ingestor = Ingestor::spawn(
+    let ingestor = spawn_app(
         &ingestor_url(&db),
         dir.path(),
         &[("INGESTOR_LEDGER_RETENTION_DAYS", "30")],
-    );
+    )
+    .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let remaining = loop {
         let names: Vec<String> = client

@@ -8,6 +8,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use crate::app::{spawn_app, TestApp};
 use event_contract::{EventReader, ExtraColumnPolicy, ValidationContext};
 pub use stack_tests::http_get;
 use stack_tests::{ChildGuard, TestDatabase};

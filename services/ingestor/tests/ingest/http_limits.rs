@@ -5,7 +5,7 @@
 //! - 300 idle TCP connections exhausted the file descriptors and loading stopped;
 //! - one half-sent request delayed the exit after SIGTERM until the client left.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ async fn two_hundred_concurrent_status_requests_share_one_database_session() {
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 2, 100, 31, Faults::default());
-    let ingestor = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    let ingestor = spawn_app(&ingestor_url(&db), dir.path(), &[]).await;
     wait_for_ledger(&db, dir.path(), 2, Duration::from_secs(30)).await;
     let port = ingestor.port;
     let sampling = Arc::new(AtomicBool::new(true));
@@ -104,10 +104,20 @@ async fn three_hundred_idle_connections_stop_neither_loading_nor_new_requests() 
     // Act: 300 clients that connect and send nothing, reconnecting whenever the ingestor closes
     // them (refused, or timed out), for as long as the files load.
     let attacking = Arc::new(AtomicBool::new(true));
+    let connected = Arc::new(AtomicUsize::new(0));
     let attackers: Vec<_> = (0..IDLE)
-        .map(|_| tokio::spawn(idle_client(port, attacking.clone())))
+        .map(|_| tokio::spawn(idle_client(port, attacking.clone(), connected.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The files land once the clients have opened as many connections as there are clients.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while connected.load(Ordering::Relaxed) < IDLE {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {IDLE} idle clients connected",
+            connected.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for file in &files {
         let staged = source.path().join(".staged");
         std::fs::copy(file, &staged).unwrap();
@@ -223,10 +233,12 @@ async fn raw_get(port: u16, path: &str) -> (u16, String) {
     stack_tests::parse_http_response(&String::from_utf8_lossy(&response))
 }
 
-/// Holds a connection that sends nothing; when the server closes it, opens another.
-async fn idle_client(port: u16, attacking: Arc<AtomicBool>) {
+/// Holds a connection that sends nothing; when the server closes it, opens another. Counts its
+/// connections in `connected`.
+async fn idle_client(port: u16, attacking: Arc<AtomicBool>, connected: Arc<AtomicUsize>) {
     while attacking.load(Ordering::Relaxed) {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await {
+            connected.fetch_add(1, Ordering::Relaxed);
             let mut sink = Vec::new();
             let _ = stream.read_to_end(&mut sink).await;
         }

@@ -1,8 +1,11 @@
-//! The ingestor as users run it: a real `ingestor` process against a real PostgreSQL database
-//! (a fresh one per test), fed with files from the real generator. One test binary with modules,
-//! so the harness compiles once.
+//! The ingestor as users run it: a real `ingestor` against a real PostgreSQL database (a fresh
+//! one per test), fed with files from the real generator. One test binary with modules, so the
+//! harness compiles once. A test that needs a process of its own (kill -9, signals, limits,
+//! stdout, exit codes) starts the binary (`helpers::Ingestor`); the others run the application
+//! inside the test (`app::spawn_app`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod app;
 mod helpers;
 
 mod bad_input;

@@ -1,4 +1,6 @@
-//! The operator commands run as users run them: the binary, against a real database.
+//! The operator commands run as users run them: the binary, against a real database. The
+//! ingestor they run beside is the application inside the test (`spawn_app`): the commands are
+//! the processes under test.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -81,9 +83,9 @@ async fn status_reports_backlog_totals_and_failures_as_json() {
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     write_files_and_a_broken_one(dir.path(), 3, 1);
-    let running = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    let running = spawn_app(&ingestor_url(&db), dir.path(), &[]).await;
     wait_for_ledger(&db, dir.path(), 4, Duration::from_secs(30)).await;
-    drop(running);
+    running.stop().await.unwrap();
     generate(dir.path(), 2, 100, 2, Faults::default());
     // Act
     let output = ingestor(&ingestor_url(&db), dir.path(), &["status", "--json"]);
@@ -117,14 +119,15 @@ async fn status_command_and_status_endpoint_answer_the_same_report() {
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     write_files_and_a_broken_one(dir.path(), 1, 7);
-    let running = Ingestor::spawn(
+    let running = spawn_app(
         &ingestor_url(&db),
         dir.path(),
         &[("INGESTOR_INSTANCE_ID", "same-report")],
-    );
+    )
+    .await;
     wait_for_ledger(&db, dir.path(), 2, Duration::from_secs(30)).await;
-    // Act
-    let (code, body) = http_get(running.port, "/status");
+    // Act (blocking calls off the runtime's threads: the application runs on them)
+    let (code, body) = tokio::task::block_in_place(|| running.get("/status"));
     let command = ingestor(&ingestor_url(&db), dir.path(), &["status", "--json"]);
     // Assert: one shape, and the same facts in it.
     assert_eq!(code, 200, "{body}");
@@ -181,9 +184,9 @@ async fn replay_loads_a_fixed_failed_file_once_and_refuses_a_second_time() {
         text.replacen("user_id", "userid", 1),
     )
     .unwrap();
-    let running = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    let running = spawn_app(&ingestor_url(&db), dir.path(), &[]).await;
     wait_for_ledger(&db, dir.path(), 1, Duration::from_secs(30)).await;
-    drop(running);
+    running.stop().await.unwrap();
     let failed = dir.path().join("failed/typo.csv");
     assert!(failed.exists());
     // Act: the operator fixes the file in place and replays it, twice.
@@ -229,14 +232,14 @@ async fn reset_needs_confirmation_and_an_admin_connection_then_allows_a_full_rel
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 2, 100, 4, Faults::default());
     let expected = expected(&event_files(dir.path()));
-    let running = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    let running = spawn_app(&ingestor_url(&db), dir.path(), &[]).await;
     wait_for_ledger(&db, dir.path(), 2, Duration::from_secs(30)).await;
     // Act + Assert: refused without --yes, while an ingestor runs, and for the ingestor role.
     assert!(!ingestor(&db.url, dir.path(), &["reset"]).status.success());
     let busy = ingestor(&db.url, dir.path(), &["reset", "--yes"]);
     assert!(String::from_utf8_lossy(&busy.stderr).contains("stop the ingestors first"));
-    drop(running);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop().await.unwrap();
+    wait_for_presence(&db, 0).await;
     let unprivileged = ingestor(&ingestor_url(&db), dir.path(), &["reset", "--yes"]);
     assert!(String::from_utf8_lossy(&unprivileged.stderr).contains("admin connection"));
     let reset = ingestor(
@@ -255,7 +258,7 @@ async fn reset_needs_confirmation_and_an_admin_connection_then_allows_a_full_rel
         "archived files are back in the input directory"
     );
     // The restored files load again, exactly.
-    let again = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    let again = spawn_app(&ingestor_url(&db), dir.path(), &[]).await;
     wait_for_ledger(&db, dir.path(), 2, Duration::from_secs(30)).await;
     assert_exact(&db, &expected).await;
     drop(again);
@@ -328,20 +331,22 @@ async fn wait_for_presence(db: &TestDatabase, holders: i64) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_follows_readiness_of_the_running_service() {
     // Arrange
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let running = Ingestor::spawn(&ingestor_url(&db), dir.path(), &[]);
+    let running = spawn_app(&ingestor_url(&db), dir.path(), &[]).await;
     let listen = format!("127.0.0.1:{}", running.port);
-    // Act
-    let healthy = ingestor(
-        &ingestor_url(&db),
-        dir.path(),
-        &["--listen", &listen, "healthcheck"],
-    );
-    drop(running);
+    // Act (the command blocks off the runtime's threads: the application answers on them)
+    let healthy = tokio::task::block_in_place(|| {
+        ingestor(
+            &ingestor_url(&db),
+            dir.path(),
+            &["--listen", &listen, "healthcheck"],
+        )
+    });
+    running.stop().await.unwrap();
     let gone = ingestor(
         &ingestor_url(&db),
         dir.path(),

@@ -23,7 +23,7 @@ const VIEWS: [&str; 5] = [
     "analytics_rejections_by_reason",
 ];
 
-/// A database loaded by a spawned ingestor from 5 generated files with invalid and duplicate
+/// A database loaded by an ingestor (in-process) from 5 generated files with invalid and duplicate
 /// rows, so every report section has data.
 async fn loaded_database(dir: &Path) -> TestDatabase {
     let db = TestDatabase::create().await;
@@ -38,9 +38,9 @@ async fn loaded_database(dir: &Path) -> TestDatabase {
             late: 0.0,
         },
     );
-    let running = Ingestor::spawn(&ingestor_url(&db), dir, &[]);
+    let running = spawn_app(&ingestor_url(&db), dir, &[]).await;
     wait_for_ledger(&db, dir, 5, Duration::from_secs(60)).await;
-    drop(running);
+    running.stop().await.unwrap();
     db
 }
 
