@@ -257,6 +257,7 @@ pub fn flag_problems<R: Declared + Default + Serialize>(
     let mut problems = Vec::new();
     let defaults = serde_json::to_value(R::default()).unwrap_or_default();
     let documented = documented_keys(markdown, prefix);
+    let keys = R::keys();
     let mut flags = Vec::new();
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
@@ -265,7 +266,7 @@ pub fn flag_problems<R: Declared + Default + Serialize>(
         }
         flags.push(long);
         let key = long.replace('-', "_");
-        if !R::keys().iter().any(|k| k.name == key) {
+        if !keys.iter().any(|k| k.name == key) {
             problems.push(format!("--{long} names no declared setting"));
             continue;
         }

@@ -25,7 +25,7 @@ use crate::config::{invalid, ConfigError};
 /// checks. Each entry is
 ///
 /// ```text
-/// /// Doc line(s): what the key means (shown by rustdoc, required by the docs test).
+/// /// Doc line(s): what the key means (at least one: the macro refuses an entry without).
 /// name: Type = default_expression, range = Range::at_least(1);
 /// ```
 ///
