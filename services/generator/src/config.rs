@@ -108,7 +108,8 @@ const ENV: EnvLayer<'static> = EnvLayer {
 };
 
 impl RawSettings {
-    /// Checks every value's range.
+    /// Checks every value: each key's declared range ([`Declared::check_ranges`]), and here
+    /// what a declaration cannot say (a value to parse, a rule over two keys).
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first out-of-range key.

@@ -292,7 +292,8 @@ impl RawSettings {
         })
     }
 
-    /// Checks every value.
+    /// Checks every value: each key's declared range ([`Declared::check_ranges`]), and here
+    /// what a declaration cannot say (a value to parse, a rule over two keys).
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first unusable key.
