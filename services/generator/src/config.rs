@@ -6,70 +6,54 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use service_support::config::{at_least_one, invalid, EnvLayer};
+use serde::Serialize;
+use service_support::config::{invalid, EnvLayer};
+use service_support::declare_settings;
+use service_support::settings::{Declared, Range};
 
 /// Prefix of the environment variables that configure the generator, e.g. `GENERATOR_RATE`.
 pub const ENV_PREFIX: &str = "GENERATOR_";
 
 pub use service_support::LogFormat;
 
-/// Raw settings as layered by figment; every key here is documented in `docs/configuration.md`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawSettings {
-    /// Directory the CSV files are published into (created if missing).
-    pub out: PathBuf,
-    /// Target events per second, over all files.
-    pub rate: f64,
-    /// Rows per file (duplicates and invalid rows included).
-    pub rows: u64,
-    /// Number of files to write, then exit; 0 = run until stopped.
-    pub files: u64,
-    /// Random seed; the same seed gives the same events. Random when absent (and logged).
-    pub seed: Option<u64>,
-    /// RFC 3339 time of the first event; fixes the clock so output is byte-identical across runs.
-    pub start_time: Option<String>,
-    /// Share of rows that break the contract, with a reason chosen at random.
-    pub invalid_ratio: f64,
-    /// Share of rows that re-emit an earlier event (same event_id), also across files.
-    pub duplicate_ratio: f64,
-    /// Share of valid events stamped minutes in the past (late arrivals).
-    pub late_ratio: f64,
-    /// Products in the catalog.
-    pub products: u32,
-    /// Distinct users.
-    pub users: u32,
-    /// Shopping sessions in progress at once (their events interleave).
-    pub sessions: u32,
-    /// `text` or `json`.
-    pub log_format: LogFormat,
-    /// HTTP listen address (`host:port`) for `/metrics`, `/livez` and `/healthz`; port 0 picks a
-    /// free port (the bound address is logged in the start-up line).
-    pub listen: String,
-}
-
 /// Default HTTP listen address: loopback, one port above the ingestor's 9100.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9101";
 
-impl Default for RawSettings {
-    fn default() -> Self {
-        RawSettings {
-            out: PathBuf::from("data/incoming"),
-            rate: 1_000.0,
-            rows: 1_000,
-            files: 0,
-            seed: None,
-            start_time: None,
-            invalid_ratio: 0.0,
-            duplicate_ratio: 0.0,
-            late_ratio: 0.0,
-            products: 5_000,
-            users: 100_000,
-            sessions: 500,
-            log_format: LogFormat::Text,
-            listen: DEFAULT_LISTEN.to_owned(),
-        }
+declare_settings! {
+    /// Raw settings as layered by figment, each declared once: see
+    /// [`service_support::settings`] for what the declaration gives and "Adding a setting" in
+    /// `docs/configuration.md`.
+    pub struct RawSettings {
+        /// Directory the CSV files are published into (created if missing).
+        out: PathBuf = PathBuf::from("data/incoming");
+        /// Target events per second, over all files.
+        rate: f64 = 1_000.0;
+        /// Rows per file (duplicates and invalid rows included).
+        rows: u64 = 1_000, range = Range::at_least(1);
+        /// Number of files to write, then exit; 0 = run until stopped.
+        files: u64 = 0;
+        /// Random seed; the same seed gives the same events. Random when absent (and logged).
+        seed: Option<u64> = None;
+        /// RFC 3339 time of the first event; fixes the clock so output is byte-identical across
+        /// runs.
+        start_time: Option<String> = None;
+        /// Share of rows that break the contract, with a reason chosen at random.
+        invalid_ratio: f64 = 0.0, range = Range::between(0.0, 1.0);
+        /// Share of rows that re-emit an earlier event (same event_id), also across files.
+        duplicate_ratio: f64 = 0.0, range = Range::between(0.0, 1.0);
+        /// Share of valid events stamped minutes in the past (late arrivals).
+        late_ratio: f64 = 0.0, range = Range::between(0.0, 1.0);
+        /// Products in the catalog.
+        products: u32 = 5_000, range = Range::at_least(1);
+        /// Distinct users.
+        users: u32 = 100_000, range = Range::at_least(1);
+        /// Shopping sessions in progress at once (their events interleave).
+        sessions: u32 = 500, range = Range::at_least(1);
+        /// `text` or `json`.
+        log_format: LogFormat = LogFormat::Text;
+        /// HTTP listen address (`host:port`) for `/metrics`, `/livez` and `/healthz`; port 0
+        /// picks a free port (the bound address is logged in the start-up line).
+        listen: String = DEFAULT_LISTEN.to_owned();
     }
 }
 
@@ -124,7 +108,8 @@ const ENV: EnvLayer<'static> = EnvLayer {
 };
 
 impl RawSettings {
-    /// Checks every value's range.
+    /// Checks every value: each key's declared range ([`Declared::check_ranges`]), and here
+    /// what a declaration cannot say (a value to parse, a rule over two keys).
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first out-of-range key.
@@ -136,15 +121,7 @@ impl RawSettings {
                 "must be a positive number of events per second",
             ));
         }
-        for (key, value) in [
-            ("invalid_ratio", self.invalid_ratio),
-            ("duplicate_ratio", self.duplicate_ratio),
-            ("late_ratio", self.late_ratio),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(invalid(key, value, "must be between 0 and 1"));
-            }
-        }
+        self.check_ranges()?;
         if self.invalid_ratio + self.duplicate_ratio > 1.0 {
             return Err(invalid(
                 "duplicate_ratio",
@@ -152,12 +129,6 @@ impl RawSettings {
                 "invalid_ratio + duplicate_ratio must not exceed 1",
             ));
         }
-        at_least_one(&[
-            ("rows", self.rows),
-            ("products", u64::from(self.products)),
-            ("users", u64::from(self.users)),
-            ("sessions", u64::from(self.sessions)),
-        ])?;
         let start_time = match &self.start_time {
             None => None,
             Some(raw) => Some(
@@ -206,6 +177,7 @@ mod tests {
     use crate::cli::Cli;
     use clap::Parser;
     use figment::Jail;
+    use service_support::declaration_tests;
 
     fn load_cli(args: &[&str]) -> Result<Settings, ConfigError> {
         let cli = Cli::parse_from(std::iter::once("generator").chain(args.iter().copied()));
@@ -298,14 +270,12 @@ mod tests {
         });
     }
 
-    /// One declaration per setting: every key of `RawSettings` is in docs/configuration.md
-    /// with its `GENERATOR_*` variable and its real default, and every documented key is real.
-    #[test]
-    fn every_setting_is_documented_with_its_real_default() {
-        let docs = include_str!("../../../docs/configuration.md");
-        let documented = service_support::config::documented_keys(docs, "GENERATOR_");
-        let defaults = serde_json::to_value(RawSettings::default()).unwrap();
-        let problems = service_support::config::undocumented(&defaults, &documented, "GENERATOR_");
-        assert!(problems.is_empty(), "docs/configuration.md: {problems:#?}");
-    }
+    // One declaration per setting: the docs test (every key documented with its variable,
+    // real default, meaning and range, every documented key real) and the flags test.
+    declaration_tests!(
+        RawSettings,
+        ENV_PREFIX,
+        Cli,
+        "../../../docs/configuration.md"
+    );
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::tls::{take_tls_parameters, SslMode, Tls, TlsParameters};
 use event_contract::ExtraColumnPolicy;
 use serde::{Deserialize, Serialize};
-use service_support::config::{at_least_one, invalid, EnvLayer};
+use service_support::config::{invalid, EnvLayer};
+use service_support::declare_settings;
+use service_support::settings::{Declared, Millis, Range};
 
 /// Prefix of the environment variables that configure the ingestor, e.g. `INGESTOR_INPUT_DIR`.
 pub const ENV_PREFIX: &str = "INGESTOR_";
@@ -28,6 +30,12 @@ const MAX_DEDUP_MEMORY_IDS: usize = 1 << 20;
 /// `idle_in_transaction_session_timeout`) are refused by the server with SQLSTATE 22023 on every
 /// connection or transaction, which start-up catches instead.
 const PG_MAX_TIMEOUT_MS: u64 = i32::MAX as u64;
+
+/// The range of the timeouts sent to PostgreSQL.
+const PG_TIMEOUT: Range<u64> = Range::at_most(
+    PG_MAX_TIMEOUT_MS,
+    "PostgreSQL's largest timeout, about 24.8 days; 0 = no timeout",
+);
 
 /// Largest accepted `ledger_retention_days`: about 2,700 years. Pruning computes
 /// `now() - <days>`, and PostgreSQL's timestamps end in 4713 BC (about 2.4 million days back):
@@ -58,118 +66,85 @@ pub enum ExtraColumns {
     Fail,
 }
 
-/// Raw settings as layered by figment. Durations are in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawSettings {
-    /// Directory watched for event files.
-    pub input_dir: PathBuf,
-    /// Where loaded files are moved (default: `<input_dir>/processed`).
-    pub archive_dir: Option<PathBuf>,
-    /// Where files that cannot be loaded are moved (default: `<input_dir>/failed`).
-    pub failed_dir: Option<PathBuf>,
-    /// `archive` or `delete` loaded files.
-    pub after_load: AfterLoad,
-    /// PostgreSQL connection string (URL or key=value).
-    pub database_url: String,
-    /// File holding the database password (e.g. a Compose secret); overrides one in the URL.
-    pub database_password_file: Option<PathBuf>,
-    /// libpq's `sslmode` (disable, prefer, require, verify-ca, verify-full); overrides one in
-    /// the URL; default `prefer`.
-    pub database_sslmode: Option<String>,
-    /// PEM file of the CA certificates the server's certificate must chain to (libpq's
-    /// `sslrootcert`); overrides one in the URL.
-    pub database_sslrootcert: Option<PathBuf>,
-    /// HTTP listen address for /metrics, /healthz, /readyz.
-    pub listen: String,
-    /// Name of this instance in the ledger's `claimed_by` (default: host name and pid).
-    pub instance_id: Option<String>,
-    /// Full rescan of the input directory every this many ms (inotify covers the rest).
-    pub rescan_interval_ms: u64,
-    /// A file not announced by inotify (rename into / close after write) is only taken when its
-    /// modification time is at least this old, so a file still being written is not read.
-    pub settle_ms: u64,
-    /// Longest accepted record in bytes; longer ones are rejected as `line_too_long`.
-    pub max_line_bytes: usize,
-    /// `ignore` or `fail` header columns the contract does not know.
-    pub extra_columns: ExtraColumns,
-    /// Fail a whole file whose rejected share exceeds this ratio (0 to 1); unset = never.
-    pub max_reject_ratio: Option<f64>,
-    /// How far in the future an event timestamp may be, in seconds.
-    pub max_future_skew_seconds: u64,
-    /// Loader loops working side by side on disjoint files, each with its own connection.
-    pub loaders: usize,
-    /// How long a COPY may wait for another in-flight transaction inserting the same event id
-    /// before the file is deferred (ms; 0 = wait until that transaction ends).
-    pub conflict_wait_ms: u64,
-    /// Rows per COPY chunk: the unit of streaming and of the memory bound.
-    pub chunk_rows: usize,
-    /// Event ids remembered as recently stored (per loader's file and batch, and per process's
-    /// commits), so most duplicates are dropped without a database lookup; 0 disables it.
-    pub dedup_memory_ids: usize,
-    /// At most this many files in one transaction when a backlog builds.
-    pub batch_max_files: usize,
-    /// A batch closes once it holds this many rows.
-    pub batch_max_rows: u64,
-    /// A batch takes files while their sizes add up to at most this many bytes; a bigger file
-    /// is loaded in a batch of its own (every file of a batch is hashed before BEGIN).
-    pub batch_max_bytes: u64,
-    /// Database connections in the pool.
-    pub pool_size: u32,
-    /// Timeout to connect to PostgreSQL (and to wait for a pooled connection), ms.
-    pub connect_timeout_ms: u64,
-    /// Server-side `statement_timeout` of the ingestor's sessions, ms.
-    pub statement_timeout_ms: u64,
-    /// Server-side `idle_in_transaction_session_timeout` of the ingestor's sessions, ms.
-    pub idle_in_transaction_timeout_ms: u64,
-    /// First retry delay after a database error, ms (doubles up to `retry_max_ms`, with jitter).
-    pub retry_initial_ms: u64,
-    /// Longest retry delay, ms.
-    pub retry_max_ms: u64,
-    /// On SIGTERM/SIGINT, how long work in flight may take to commit, ms.
-    pub drain_timeout_ms: u64,
-    /// Ledger entries older than this many days are pruned (0 = keep forever).
-    pub ledger_retention_days: u32,
-    /// `text` or `json`.
-    pub log_format: LogFormat,
-}
-
-impl Default for RawSettings {
-    fn default() -> Self {
-        RawSettings {
-            input_dir: PathBuf::from("data/incoming"),
-            archive_dir: None,
-            failed_dir: None,
-            after_load: AfterLoad::Archive,
-            database_url: "postgres://ingestor@127.0.0.1:5432/events".into(),
-            database_password_file: None,
-            database_sslmode: None,
-            database_sslrootcert: None,
-            listen: "127.0.0.1:9100".into(),
-            instance_id: None,
-            rescan_interval_ms: 1_000,
-            settle_ms: 2_000,
-            max_line_bytes: event_contract::DEFAULT_MAX_RECORD_BYTES,
-            extra_columns: ExtraColumns::Ignore,
-            max_reject_ratio: None,
-            max_future_skew_seconds: 300,
-            loaders: 2,
-            conflict_wait_ms: 50,
-            chunk_rows: 8_192,
-            dedup_memory_ids: 16_384,
-            batch_max_files: 32,
-            batch_max_rows: 50_000,
-            batch_max_bytes: 256 * 1024 * 1024,
-            pool_size: 4,
-            connect_timeout_ms: 5_000,
-            statement_timeout_ms: 60_000,
-            idle_in_transaction_timeout_ms: 60_000,
-            retry_initial_ms: 100,
-            retry_max_ms: 5_000,
-            drain_timeout_ms: 10_000,
-            ledger_retention_days: 30,
-            log_format: LogFormat::Text,
-        }
+declare_settings! {
+    /// Raw settings as layered by figment, each declared once: see
+    /// [`service_support::settings`] for what the declaration gives and "Adding a setting" in
+    /// `docs/configuration.md`. Durations are in milliseconds (`_ms` keys, read as [`Millis`]).
+    pub struct RawSettings {
+        /// Directory watched for event files.
+        input_dir: PathBuf = PathBuf::from("data/incoming");
+        /// Where loaded files are moved (default: `<input_dir>/processed`).
+        archive_dir: Option<PathBuf> = None;
+        /// Where files that cannot be loaded are moved (default: `<input_dir>/failed`).
+        failed_dir: Option<PathBuf> = None;
+        /// `archive` or `delete` loaded files.
+        after_load: AfterLoad = AfterLoad::Archive;
+        /// PostgreSQL connection string (URL or key=value).
+        database_url: String = "postgres://ingestor@127.0.0.1:5432/events".into();
+        /// File holding the database password (e.g. a Compose secret); overrides one in the URL.
+        database_password_file: Option<PathBuf> = None;
+        /// libpq's `sslmode` (disable, prefer, require, verify-ca, verify-full); overrides one in
+        /// the URL; default `prefer`.
+        database_sslmode: Option<String> = None;
+        /// PEM file of the CA certificates the server's certificate must chain to (libpq's
+        /// `sslrootcert`); overrides one in the URL.
+        database_sslrootcert: Option<PathBuf> = None;
+        /// HTTP listen address for /metrics, /healthz, /readyz.
+        listen: String = "127.0.0.1:9100".into();
+        /// Name of this instance in the ledger's `claimed_by` (default: host name and pid).
+        instance_id: Option<String> = None;
+        /// Full rescan of the input directory every this many ms (inotify covers the rest).
+        rescan_interval_ms: Millis = Millis::ms(1_000), range = Range::at_least(1);
+        /// A file not announced by inotify (rename into / close after write) is only taken when its
+        /// modification time is at least this old, so a file still being written is not read.
+        settle_ms: Millis = Millis::ms(2_000);
+        /// Longest accepted record in bytes; longer ones are rejected as `line_too_long`.
+        max_line_bytes: usize = event_contract::DEFAULT_MAX_RECORD_BYTES,
+            range = Range::at_least(1);
+        /// `ignore` or `fail` header columns the contract does not know.
+        extra_columns: ExtraColumns = ExtraColumns::Ignore;
+        /// Fail a whole file whose rejected share exceeds this ratio (0 to 1); unset = never.
+        max_reject_ratio: Option<f64> = None, range = Range::between(0.0, 1.0);
+        /// How far in the future an event timestamp may be, in seconds.
+        max_future_skew_seconds: u64 = 300,
+            range = Range::at_most(MAX_FUTURE_SKEW_SECONDS, "one year");
+        /// Loader loops working side by side on disjoint files, each with its own connection.
+        loaders: usize = 2, range = Range::at_least(1);
+        /// How long a COPY may wait for another in-flight transaction inserting the same event id
+        /// before the file is deferred (ms; 0 = wait until that transaction ends).
+        conflict_wait_ms: Millis = Millis::ms(50), range = PG_TIMEOUT;
+        /// Rows per COPY chunk: the unit of streaming and of the memory bound.
+        chunk_rows: usize = 8_192, range = Range::at_least(1);
+        /// Event ids remembered as recently stored (per loader's file and batch, and per process's
+        /// commits), so most duplicates are dropped without a database lookup; 0 disables it.
+        dedup_memory_ids: usize = 16_384,
+            range = Range::at_most(MAX_DEDUP_MEMORY_IDS, "each id costs about 50 bytes in each of 2 x loaders + 1 memories");
+        /// At most this many files in one transaction when a backlog builds.
+        batch_max_files: usize = 32, range = Range::at_least(1);
+        /// A batch closes once it holds this many rows.
+        batch_max_rows: u64 = 50_000, range = Range::at_least(1);
+        /// A batch takes files while their sizes add up to at most this many bytes; a bigger file
+        /// is loaded in a batch of its own (every file of a batch is hashed before BEGIN).
+        batch_max_bytes: u64 = 256 * 1024 * 1024;
+        /// Database connections in the pool.
+        pool_size: u32 = 4, range = Range::at_least(1);
+        /// Timeout to connect to PostgreSQL (and to wait for a pooled connection), ms.
+        connect_timeout_ms: Millis = Millis::ms(5_000), range = Range::at_least(1);
+        /// Server-side `statement_timeout` of the ingestor's sessions, ms.
+        statement_timeout_ms: Millis = Millis::ms(60_000), range = PG_TIMEOUT;
+        /// Server-side `idle_in_transaction_session_timeout` of the ingestor's sessions, ms.
+        idle_in_transaction_timeout_ms: Millis = Millis::ms(60_000), range = PG_TIMEOUT;
+        /// First retry delay after a database error, ms (doubles up to `retry_max_ms`, with jitter).
+        retry_initial_ms: Millis = Millis::ms(100), range = Range::at_least(1);
+        /// Longest retry delay, ms.
+        retry_max_ms: Millis = Millis::ms(5_000);
+        /// On SIGTERM/SIGINT, how long work in flight may take to commit, ms.
+        drain_timeout_ms: Millis = Millis::ms(10_000);
+        /// Ledger entries older than this many days are pruned (0 = keep forever).
+        ledger_retention_days: u32 = 30,
+            range = Range::at_most(MAX_LEDGER_RETENTION_DAYS, "PostgreSQL's timestamps go back no further; 0 = keep forever");
+        /// `text` or `json`.
+        log_format: LogFormat = LogFormat::Text;
     }
 }
 
@@ -317,7 +292,8 @@ impl RawSettings {
         })
     }
 
-    /// Checks every value.
+    /// Checks every value: each key's declared range ([`Declared::check_ranges`]), and here
+    /// what a declaration cannot say (a value to parse, a rule over two keys).
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first unusable key.
@@ -349,26 +325,7 @@ impl RawSettings {
                 "must be an address like 0.0.0.0:9100",
             )
         })?;
-        if let Some(ratio) = self.max_reject_ratio {
-            if !(0.0..=1.0).contains(&ratio) {
-                return Err(invalid(
-                    "max_reject_ratio",
-                    ratio,
-                    "must be between 0 and 1",
-                ));
-            }
-        }
-        at_least_one(&[
-            ("rescan_interval_ms", self.rescan_interval_ms),
-            ("max_line_bytes", self.max_line_bytes as u64),
-            ("chunk_rows", self.chunk_rows as u64),
-            ("loaders", self.loaders as u64),
-            ("batch_max_files", self.batch_max_files as u64),
-            ("batch_max_rows", self.batch_max_rows),
-            ("pool_size", u64::from(self.pool_size)),
-            ("connect_timeout_ms", self.connect_timeout_ms),
-            ("retry_initial_ms", self.retry_initial_ms),
-        ])?;
+        self.check_ranges()?;
         if (self.pool_size as usize) <= self.loaders {
             return Err(invalid(
                 "pool_size",
@@ -376,48 +333,11 @@ impl RawSettings {
                 format!("must exceed loaders ({}): each loader holds a connection and readiness checks need one more", self.loaders),
             ));
         }
-        if self.dedup_memory_ids > MAX_DEDUP_MEMORY_IDS {
-            return Err(invalid(
-                "dedup_memory_ids",
-                self.dedup_memory_ids,
-                format!("must be at most {MAX_DEDUP_MEMORY_IDS} (each id costs about 50 bytes in each of 2 x loaders + 1 memories)"),
-            ));
-        }
-        if self.max_future_skew_seconds > MAX_FUTURE_SKEW_SECONDS {
-            return Err(invalid(
-                "max_future_skew_seconds",
-                self.max_future_skew_seconds,
-                format!("must be at most {MAX_FUTURE_SKEW_SECONDS} (one year)"),
-            ));
-        }
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(invalid(
                 "retry_max_ms",
                 self.retry_max_ms,
                 "must not be below retry_initial_ms",
-            ));
-        }
-        for (key, value) in [
-            ("conflict_wait_ms", self.conflict_wait_ms),
-            ("statement_timeout_ms", self.statement_timeout_ms),
-            (
-                "idle_in_transaction_timeout_ms",
-                self.idle_in_transaction_timeout_ms,
-            ),
-        ] {
-            if value > PG_MAX_TIMEOUT_MS {
-                return Err(invalid(
-                    key,
-                    value,
-                    format!("must be at most {PG_MAX_TIMEOUT_MS} (PostgreSQL's largest timeout, about 24.8 days; 0 = no timeout)"),
-                ));
-            }
-        }
-        if self.ledger_retention_days > MAX_LEDGER_RETENTION_DAYS {
-            return Err(invalid(
-                "ledger_retention_days",
-                self.ledger_retention_days,
-                format!("must be at most {MAX_LEDGER_RETENTION_DAYS} (PostgreSQL's timestamps go back no further; 0 = keep forever)"),
             ));
         }
         if self.input_dir.as_os_str().is_empty() {
@@ -441,15 +361,14 @@ impl RawSettings {
                 ));
             }
         }
-        let ms = Duration::from_millis;
         Ok(Settings {
             database_display: mask_password(&self.database_url),
             database,
             tls,
             listen,
             instance_id: self.instance_id.unwrap_or_else(default_instance_id),
-            rescan_interval: ms(self.rescan_interval_ms),
-            settle: ms(self.settle_ms),
+            rescan_interval: self.rescan_interval_ms.get(),
+            settle: self.settle_ms.get(),
             max_line_bytes: self.max_line_bytes,
             extra_columns: match self.extra_columns {
                 ExtraColumns::Ignore => ExtraColumnPolicy::Ignore,
@@ -460,19 +379,19 @@ impl RawSettings {
                 i64::try_from(self.max_future_skew_seconds).unwrap_or(i64::MAX / 1_000),
             ),
             loaders: self.loaders,
-            conflict_wait: ms(self.conflict_wait_ms),
+            conflict_wait: self.conflict_wait_ms.get(),
             chunk_rows: self.chunk_rows,
             dedup_memory_ids: self.dedup_memory_ids,
             batch_max_files: self.batch_max_files,
             batch_max_rows: self.batch_max_rows,
             batch_max_bytes: self.batch_max_bytes,
             pool_size: self.pool_size,
-            connect_timeout: ms(self.connect_timeout_ms),
-            statement_timeout: ms(self.statement_timeout_ms),
-            idle_in_transaction_timeout: ms(self.idle_in_transaction_timeout_ms),
-            retry_initial: ms(self.retry_initial_ms),
-            retry_max: ms(self.retry_max_ms),
-            drain_timeout: ms(self.drain_timeout_ms),
+            connect_timeout: self.connect_timeout_ms.get(),
+            statement_timeout: self.statement_timeout_ms.get(),
+            idle_in_transaction_timeout: self.idle_in_transaction_timeout_ms.get(),
+            retry_initial: self.retry_initial_ms.get(),
+            retry_max: self.retry_max_ms.get(),
+            drain_timeout: self.drain_timeout_ms.get(),
             ledger_retention_days: (self.ledger_retention_days > 0)
                 .then_some(self.ledger_retention_days),
             log_format: self.log_format,
@@ -521,8 +440,10 @@ fn default_instance_id() -> String {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
     use clap::Parser;
     use figment::Jail;
+    use service_support::declaration_tests;
 
     fn load_args(flags: &[&str]) -> Result<Settings, ConfigError> {
         let cli =
@@ -692,14 +613,12 @@ mod tests {
         assert_eq!(mask_password("postgres://a@h/d"), "postgres://a@h/d");
     }
 
-    /// One declaration per setting: every key of `RawSettings` is in docs/configuration.md
-    /// with its `INGESTOR_*` variable and its real default, and every documented key is real.
-    #[test]
-    fn every_setting_is_documented_with_its_real_default() {
-        let docs = include_str!("../../../docs/configuration.md");
-        let documented = service_support::config::documented_keys(docs, "INGESTOR_");
-        let defaults = serde_json::to_value(RawSettings::default()).unwrap();
-        let problems = service_support::config::undocumented(&defaults, &documented, "INGESTOR_");
-        assert!(problems.is_empty(), "docs/configuration.md: {problems:#?}");
-    }
+    // One declaration per setting: the docs test (every key documented with its variable,
+    // real default, meaning and range, every documented key real) and the flags test.
+    declaration_tests!(
+        RawSettings,
+        ENV_PREFIX,
+        Cli,
+        "../../../docs/configuration.md"
+    );
 }

@@ -1,7 +1,11 @@
 //! Settings layering both services share: built-in defaults < an optional TOML file (`--config`)
 //! < the environment (`<PREFIX>_*` and a few unprefixed names) < command-line flags, merged by
-//! figment and extracted into the service's raw settings, which the service then validates with
-//! [`invalid`] and [`at_least_one`] so a bad value stops start-up naming the key and the value.
+//! figment and extracted into the service's raw settings (declared once with
+//! [`declare_settings!`](crate::declare_settings)), which the service then validates, with
+//! [`invalid`] for a bad value, so a bad value stops start-up naming the key and the value.
+//!
+//! Also the tests' half of "one declaration per setting": [`docs_problems`] holds
+//! `docs/configuration.md` to the declared keys, and [`flag_problems`] the command line.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::settings::{Declared, Key};
 
 /// Where a service's environment variables come from.
 #[derive(Debug, Clone, Copy)]
@@ -63,18 +69,6 @@ pub fn invalid(key: &'static str, value: impl Display, reason: impl Into<String>
     }
 }
 
-/// Checks that every `(key, value)` is at least 1 (counts and intervals where 0 would stall the
-/// service or divide by zero).
-///
-/// # Errors
-/// [`ConfigError::Invalid`] for the first key that is 0.
-pub fn at_least_one(keys: &[(&'static str, u64)]) -> Result<(), ConfigError> {
-    match keys.iter().find(|(_, value)| *value == 0) {
-        Some(&(key, value)) => Err(invalid(key, value, "must be at least 1")),
-        None => Ok(()),
-    }
-}
-
 /// `path` if it names an existing file.
 ///
 /// # Errors
@@ -114,10 +108,16 @@ pub enum ConfigError {
 pub struct DocumentedKey {
     /// The TOML key (the first cell, without backticks).
     pub key: String,
+    /// The flag cell, as written (`–` for none).
+    pub flag: String,
     /// The environment variable cell, as written.
     pub env: String,
     /// The default cell, as written.
     pub default: String,
+    /// The meaning cell, as written.
+    pub meaning: String,
+    /// The valid-range cell, as written.
+    pub range: String,
 }
 
 /// The rows of `markdown`'s settings tables whose environment cell names a `prefix` variable,
@@ -134,10 +134,14 @@ pub fn documented_keys(markdown: &str, prefix: &str) -> Vec<DocumentedKey> {
             let is_key = key
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let cell = |i: usize| cells.get(i).cloned().unwrap_or_default();
             (env.contains(prefix) && is_key).then(|| DocumentedKey {
                 key: key.to_owned(),
+                flag: cell(1),
                 env: env.clone(),
-                default: cells.get(4).cloned().unwrap_or_default(),
+                default: cell(4),
+                meaning: cell(5),
+                range: cell(6),
             })
         })
         .collect()
@@ -169,9 +173,30 @@ pub fn first_literal(cell: &str) -> Option<&str> {
     Some(&cell[start..end])
 }
 
-/// Checks a service's documented settings against its declared ones: `defaults` is its raw
-/// settings' `Default`, serialized (one JSON field per key). Returns every disagreement.
+/// Every disagreement between `R`'s declaration and `markdown`'s settings tables (the rows
+/// whose environment cell names a `prefix` variable): see [`undocumented`].
+pub fn docs_problems<R: Declared + Default + Serialize>(
+    markdown: &str,
+    prefix: &str,
+) -> Vec<String> {
+    match serde_json::to_value(R::default()) {
+        Ok(defaults) => undocumented(
+            &R::keys(),
+            &defaults,
+            &documented_keys(markdown, prefix),
+            prefix,
+        ),
+        Err(e) => vec![format!("the defaults cannot be serialized: {e}")],
+    }
+}
+
+/// Checks a service's documented settings against its declared ones: `keys` as declared,
+/// `defaults` its raw settings' `Default`, serialized (one JSON field per key). Every key must
+/// have a doc line and a row naming its `<prefix><KEY>` variable, its real default, a meaning,
+/// and each bound of its declared range; every documented key must be declared. Returns every
+/// disagreement.
 pub fn undocumented(
+    keys: &[Key],
     defaults: &serde_json::Value,
     documented: &[DocumentedKey],
     prefix: &str,
@@ -189,20 +214,26 @@ pub fn undocumented(
         if !row.env.contains(&env) {
             problems.push(format!("`{key}`: the environment cell does not name {env}"));
         }
-        let shown = first_literal(&row.default);
-        let agrees = match value {
-            serde_json::Value::Null => true,
-            serde_json::Value::String(s) => shown == Some(s.as_str()),
-            serde_json::Value::Number(n) => shown
-                .and_then(|s| s.parse::<f64>().ok())
-                .is_some_and(|s| Some(s) == n.as_f64()),
-            other => shown == Some(other.to_string().as_str()),
-        };
-        if !agrees {
+        if !shows_default(first_literal(&row.default), value) {
             problems.push(format!(
                 "`{key}`: documented default {:?}, real default {value}",
                 row.default
             ));
+        }
+        if row.meaning.is_empty() {
+            problems.push(format!("`{key}`: the meaning cell is empty"));
+        }
+        let declared = keys.iter().find(|k| k.name == key);
+        if declared.is_none_or(|k| k.doc.trim().is_empty()) {
+            problems.push(format!("`{key}`: no doc line in its declaration"));
+        }
+        for bound in declared.map(|k| k.bounds.as_slice()).unwrap_or_default() {
+            if !mentions_number(&row.range, bound) {
+                problems.push(format!(
+                    "`{key}`: the range cell {:?} does not mention the declared bound {bound}",
+                    row.range
+                ));
+            }
         }
     }
     for row in documented {
@@ -213,29 +244,142 @@ pub fn undocumented(
     problems
 }
 
+/// Checks a service's command line against its declared settings: every long flag of
+/// `command` other than `not_settings` (e.g. `config`) is a declared key (`-` for `_`) with a
+/// help text, whose `[default: ...]`, where it shows one, is the real default, and which the
+/// key's docs row names; and every flag a docs row names exists. Returns every disagreement.
+pub fn flag_problems<R: Declared + Default + Serialize>(
+    command: &clap::Command,
+    not_settings: &[&str],
+    markdown: &str,
+    prefix: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let defaults = serde_json::to_value(R::default()).unwrap_or_default();
+    let documented = documented_keys(markdown, prefix);
+    let keys = R::keys();
+    let mut flags = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if ["help", "version"].contains(&long) || not_settings.contains(&long) {
+            continue;
+        }
+        flags.push(long);
+        let key = long.replace('-', "_");
+        if !keys.iter().any(|k| k.name == key) {
+            problems.push(format!("--{long} names no declared setting"));
+            continue;
+        }
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        if help.trim().is_empty() {
+            problems.push(format!("--{long} has no help text"));
+        }
+        let shown = help
+            .split_once("[default: ")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(shown, _)| shown);
+        let real = &defaults[key.as_str()];
+        if shown.is_some() && !shows_default(shown, real) {
+            problems.push(format!(
+                "--{long}: help shows default {shown:?}, real default {real}"
+            ));
+        }
+        if let Some(row) = documented.iter().find(|row| row.key == key) {
+            if !row.flag.contains(&format!("`--{long}")) {
+                problems.push(format!("`{key}`: the flag cell does not name --{long}"));
+            }
+        }
+    }
+    for row in &documented {
+        if let Some(long) = first_literal(&row.flag).and_then(|f| f.strip_prefix("--")) {
+            let long = long.split_whitespace().next().unwrap_or_default();
+            if !flags.contains(&long) {
+                problems.push(format!(
+                    "`{}`: documents --{long}, which does not exist",
+                    row.key
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Whether a default shown as `shown` is `value` (a `null` value, an unset optional key, is
+/// described in words and agrees with anything).
+fn shows_default(shown: Option<&str>, value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => true,
+        serde_json::Value::String(s) => shown == Some(s.as_str()),
+        serde_json::Value::Number(n) => shown
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(|s| Some(s) == n.as_f64()),
+        other => shown == Some(other.to_string().as_str()),
+    }
+}
+
+/// Whether `text` holds `number` as a number of its own (not as part of a longer one).
+fn mentions_number(text: &str, number: &str) -> bool {
+    text.match_indices(number).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let mut after = text[at + number.len()..].chars();
+        let continues = match after.next() {
+            Some('.') => after.next().is_some_and(|c| c.is_ascii_digit()),
+            next => next.is_some_and(|c| c.is_ascii_digit()),
+        };
+        !before.is_some_and(|c| c.is_ascii_digit() || c == '.') && !continues
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn key(name: &'static str, bounds: &[&str]) -> Key {
+        Key {
+            name,
+            doc: " A key.\n",
+            bounds: bounds.iter().map(|b| (*b).to_owned()).collect(),
+        }
+    }
+
     #[test]
     fn the_docs_table_reader_splits_escaped_pipes_and_finds_disagreements() {
         let docs = "| Key | Flag | Env | Type | Default |\n\
             |---|---|---|---|---|\n\
-            | `a` | `--a <x\\|y>` | `P_A` | int | `10` (ten) | m | r |\n\
+            | `a` | `--a <x\\|y>` | `P_A` | int | `10` (ten) | m | ≥ 1. |\n\
             | `b` | – | `P_B` | text | `on` | m | r |\n\
+            | `d` | – | `P_D` | float | `0.5` |  | `0 ..= 10` |\n\
             | `gone` | – | `P_GONE` | text | `x` | m | r |\n";
         let rows = documented_keys(docs, "P_");
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 4);
         assert_eq!(rows[0].default, "`10` (ten)");
-        let defaults = serde_json::json!({ "a": 10, "b": "off", "c": null });
+        assert_eq!(rows[0].flag, "`--a <x|y>`");
+        let defaults = serde_json::json!({ "a": 10, "b": "off", "c": null, "d": 0.5 });
+        let keys = [
+            key("a", &["1"]),
+            key("b", &[]),
+            key("c", &[]),
+            key("d", &["0", "1"]),
+        ];
         assert_eq!(
-            undocumented(&defaults, &rows, "P_"),
+            undocumented(&keys, &defaults, &rows, "P_"),
             [
                 "`b`: documented default \"`on`\", real default \"off\"",
                 "`c` is not documented",
+                "`d`: the meaning cell is empty",
+                "`d`: the range cell \"`0 ..= 10`\" does not mention the declared bound 1",
                 "`gone` is documented but is no setting",
             ]
         );
+    }
+
+    #[test]
+    fn a_number_is_mentioned_only_on_its_own() {
+        assert!(mentions_number("≥ 1.", "1"));
+        assert!(mentions_number("`0 ..= 1048576`", "1048576"));
+        assert!(!mentions_number("`0 ..= 10`", "1"));
+        assert!(!mentions_number("0.15", "1"));
+        assert!(!mentions_number("1.5", "1"));
     }
 }

@@ -7,9 +7,11 @@
 //!   colours only on a terminal.
 //! - [`configure_backtraces`] and [`end_quietly_on_closed_stdout`]: backtraces only when the
 //!   service's own setting asks, and no panic when a reader closes standard output early.
+//! - [`settings`] and [`declare_settings!`]: each setting declared once (name, type, default,
+//!   doc, range), [`settings::Millis`] for the `_ms` keys.
 //! - [`config`]: the layering both services' settings share (defaults < TOML file <
-//!   environment < flags), [`ConfigError`] naming the key and the value, and the range checks
-//!   both use.
+//!   environment < flags), [`ConfigError`] naming the key and the value, and the tests that
+//!   hold `docs/configuration.md` and the flags to the declarations.
 //! - [`register`], [`counter_vec`], [`histogram`], [`register_process_metrics`]: metric
 //!   registration in a service-owned `prometheus::Registry`, labelled series pre-created at 0,
 //!   and the process collector.
@@ -22,6 +24,7 @@
 
 pub mod config;
 mod ready_file;
+pub mod settings;
 mod shutdown;
 
 pub use config::ConfigError;
