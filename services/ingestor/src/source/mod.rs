@@ -2,7 +2,7 @@
 //!
 //! A [`Source`] offers [`Unit`]s of work (a ready file; a partition's next messages), each
 //! [opened](Unit::open) before the transaction begins so that its identity is known and its
-//! bytes are pinned. Inside the transaction the loader ([`crate::pipeline::loader`]) asks the
+//! bytes are pinned. Inside the transaction the loader (`pipeline::loader`) asks the
 //! opened unit to [claim](Opened::claim) its ledger entry, streams its
 //! [rows](Opened::read_rows) through COPY and finishes the entry; after COMMIT the source
 //! [acknowledges](Source::acknowledge) the unit (a directory moves the file; a log has nothing
