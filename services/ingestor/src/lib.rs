@@ -7,15 +7,17 @@
 //!   the modules that use them.
 //! - [`cli`], [`config`]: command line and layered settings (logging set-up is shared with the
 //!   generator in the `service-support` crate).
-//! - [`source`]: discovery of ready files (inotify + periodic rescan), oldest first.
-//! - [`pipeline`]: [`pipeline::reader`] parses a file into chunks (where a row is parsed, via
-//!   the event contract), [`pipeline::loader`] writes a batch in one transaction,
+//! - [`source`]: where work comes from, behind the `Source` trait (the seam a second kind of
+//!   source plugs into); the directory source: discovery of ready files (inotify + periodic
+//!   rescan, oldest first), [`source::reader`] parsing a file into chunks (where a row is parsed,
+//!   via the event contract) and [`source::lifecycle`] archiving, deleting or failing files
+//!   after commit.
+//! - [`pipeline`]: [`pipeline::loader`] writes a batch of units in one transaction,
 //!   [`pipeline::worker`] is the loop with batching, retries and shutdown.
 //! - [`store`]: the PostgreSQL side: pool, ledger (claims), binary COPY (where a row is written).
 //! - [`tls`]: TLS to PostgreSQL with libpq's `sslmode` meanings (rustls), for every connection.
 //! - [`claim`]: one directory, one database: the marker naming the database an input
 //!   directory is loaded into, checked before loading starts.
-//! - [`lifecycle`]: archiving, deleting or failing files after commit.
 //! - [`readiness`]: whether this replica can load, in one place (the loops report, `/readyz`
 //!   reads).
 //! - [`internal_events`]: every log line and metric the service emits (where a row is counted).
@@ -31,7 +33,6 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod internal_events;
-pub mod lifecycle;
 pub mod model;
 pub mod pipeline;
 pub mod readiness;

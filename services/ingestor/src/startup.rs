@@ -13,11 +13,10 @@ use crate::claim;
 use crate::config::Settings;
 use crate::http;
 use crate::internal_events::Metrics;
-use crate::lifecycle;
 use crate::pipeline::worker::{self, WorkerState};
 use crate::readiness::Readiness;
 use crate::routes::{router, AppState, StatusSnapshot};
-use crate::source::Discovery;
+use crate::source::{lifecycle, DirectorySource, Discovery};
 use crate::store::presence::Presence;
 use crate::store::{build_pool, Pool};
 
@@ -113,7 +112,8 @@ impl Application {
                 // loader with the reason, and so the process.
                 let result = async {
                     claim::claim_directory(&settings, &pool, &metrics, &cancel).await?;
-                    worker::run(settings, pool, discovery, worker_state, cancel).await
+                    let source = DirectorySource::new(discovery, settings.clone());
+                    worker::run(settings, pool, source, worker_state, cancel).await
                 }
                 .await;
                 readiness.loader_stopped();

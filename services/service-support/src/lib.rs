@@ -9,6 +9,7 @@
 //!   service's own setting asks, and no panic when a reader closes standard output early.
 //! - [`settings`] and [`declare_settings!`]: each setting declared once (name, type, default,
 //!   doc, range), [`settings::Millis`] for the `_ms` keys.
+//! - [`docs_check`]: the checks holding `docs/configuration.md` and the flags to the declarations.
 //! - [`config`]: the layering both services' settings share (defaults < TOML file <
 //!   environment < flags), [`ConfigError`] naming the key and the value, and the tests that
 //!   hold `docs/configuration.md` and the flags to the declarations.
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod docs_check;
 mod ready_file;
 pub mod settings;
 mod shutdown;

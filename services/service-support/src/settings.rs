@@ -3,8 +3,8 @@
 //! nothing tied them together; now [`declare_settings!`](crate::declare_settings) writes the
 //! raw struct, its `Default` and its per-key range checks from one list, and records each key's
 //! name, doc and range as [`Key`]s, which the services' tests hold `docs/configuration.md` and
-//! the command line to (see [`crate::config::docs_problems`] and
-//! [`crate::config::flag_problems`]).
+//! the command line to (see [`crate::docs_check::docs_problems`] and
+//! [`crate::docs_check::flag_problems`]).
 //!
 //! # Adding a setting
 //! One entry in the service's `declare_settings!` list (doc lines, `name: Type = default`, and
@@ -84,9 +84,9 @@ macro_rules! declare_settings {
 /// `declaration_tests!(RawSettings, ENV_PREFIX, Cli, "../../../docs/configuration.md")`, with
 /// the docs path relative to the calling file (as `include_str!` takes it).
 ///
-/// - `every_setting_is_documented_with_its_real_default`: [`crate::config::docs_problems`].
+/// - `every_setting_is_documented_with_its_real_default`: [`crate::docs_check::docs_problems`].
 /// - `every_flag_is_a_declared_setting_with_its_real_default`:
-///   [`crate::config::flag_problems`], for the clap parser `Cli`; `--config` and
+///   [`crate::docs_check::flag_problems`], for the clap parser `Cli`; `--config` and
 ///   `--ready-file` are flags of every service and no settings.
 #[macro_export]
 macro_rules! declaration_tests {
@@ -94,7 +94,7 @@ macro_rules! declaration_tests {
         #[test]
         fn every_setting_is_documented_with_its_real_default() {
             let docs = ::std::include_str!($docs);
-            let problems = $crate::config::docs_problems::<$raw>(docs, $prefix);
+            let problems = $crate::docs_check::docs_problems::<$raw>(docs, $prefix);
             ::std::assert!(problems.is_empty(), "{}: {problems:#?}", $docs);
         }
 
@@ -102,7 +102,7 @@ macro_rules! declaration_tests {
         fn every_flag_is_a_declared_setting_with_its_real_default() {
             let docs = ::std::include_str!($docs);
             let command = <$cli as ::clap::CommandFactory>::command();
-            let problems = $crate::config::flag_problems::<$raw>(
+            let problems = $crate::docs_check::flag_problems::<$raw>(
                 &command,
                 &["config", "ready-file"],
                 docs,

@@ -10,11 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::internal_events::Metrics;
-use crate::lifecycle;
+use crate::model::FileStamp;
 use crate::model::LedgerStatus;
 use crate::pipeline::loader::{load_batch, FileOutcome};
-use crate::pipeline::reader;
-use crate::source::Candidate;
+use crate::source::{lifecycle, reader, Candidate};
 use crate::store::recent_ids::CommittedIds;
 use crate::store::{build_pool, connect_once, ledger};
 
@@ -66,10 +65,10 @@ pub async fn run(settings: Settings, path: &Path) -> anyhow::Result<bool> {
 fn report(
     settings: &Settings,
     candidate: &Candidate,
-    outcome: FileOutcome,
+    outcome: FileOutcome<FileStamp>,
 ) -> anyhow::Result<bool> {
     match outcome {
-        FileOutcome::Loaded(loaded) => {
+        FileOutcome::Loaded { loaded, read } => {
             let c = loaded.counts;
             println!(
                 "loaded as file_id {}: {} lines = {} accepted + {} duplicate + {} rejected",
@@ -81,7 +80,7 @@ fn report(
                 settings,
                 &metrics,
                 &candidate.path,
-                &loaded.read,
+                &read,
                 loaded.file_id,
             )?;
             match moved {

@@ -7,9 +7,11 @@ mod file;
 mod file_failure;
 mod ledger_status;
 mod rows;
+mod settled;
 
 pub use directory_claim::{DatabaseIdentity, DirectoryClaim};
 pub use file::{FileChange, FileIdentity, FileStamp};
 pub use file_failure::FileFailure;
 pub use ledger_status::LedgerStatus;
 pub use rows::{LineCounts, LineEvent, RejectedRow};
+pub use settled::Settled;

@@ -1,6 +1,8 @@
-//! One transaction for a batch of files: per file a savepoint, a claim in the ledger, the rows
-//! streamed in with binary COPY, and the ledger entry finished; then one COMMIT for the batch.
-//! If anything fails with the database, the whole batch rolls back and nothing of it is stored.
+//! One transaction for a batch of units (files): per unit a savepoint, a claim in the ledger,
+//! the rows streamed in with binary COPY, and the ledger entry finished; then one COMMIT for the
+//! batch. If anything fails with the database, the whole batch rolls back and nothing of it is
+//! stored. Which units there are, how one is claimed and read, is its source's (see
+//! `crate::source`); the transaction, the accounting and the error budget are this module's.
 
 use std::io;
 use std::sync::Arc;
@@ -12,10 +14,10 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
-use super::reader::{self, count_by_reason, OpenedFile, ReadEnd, ReadMessage, ReadOptions};
 use crate::config::Settings;
-use crate::model::{FileFailure, FileStamp, LedgerStatus, LineCounts};
-use crate::source::Candidate;
+use crate::model::{FileFailure, LedgerStatus, LineCounts, Settled};
+use crate::source::reader::{count_by_reason, ReadEnd, ReadMessage, ReadOptions};
+use crate::source::{NotOpened, Opened, Receipt, Unit};
 use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
 use crate::store::pool::{classify, Failure};
@@ -28,11 +30,16 @@ const CHUNKS_IN_FLIGHT: usize = 2;
 /// Event timestamps kept per file for the lag histogram (a sample for huge files).
 const LAG_SAMPLES_PER_FILE: usize = 4_096;
 
-/// What happened to one file in a batch.
+/// What happened to one unit (file) in a batch; `R` is its source's receipt of what was read.
 #[derive(Debug)]
-pub enum FileOutcome {
+pub enum FileOutcome<R> {
     /// Rows committed.
-    Loaded(LoadedFile),
+    Loaded {
+        /// The accounting.
+        loaded: LoadedFile,
+        /// What was read: only that file may be archived (or deleted) after COMMIT.
+        read: R,
+    },
     /// Recorded as failed (not event CSV, or over the error budget).
     Failed {
         /// Ledger id.
@@ -40,7 +47,7 @@ pub enum FileOutcome {
         /// Why.
         failure: FileFailure,
         /// The file that was read: only it may be moved to the failed directory.
-        read: FileStamp,
+        read: R,
     },
     /// The content was already in the ledger.
     AlreadyKnown {
@@ -49,7 +56,7 @@ pub enum FileOutcome {
         /// `Loaded` or `Failed`.
         status: LedgerStatus,
         /// The file that was read: only it may be moved where the earlier outcome puts it.
-        read: FileStamp,
+        read: R,
     },
     /// Another loader or replica is loading it, or some of its events.
     Busy,
@@ -81,15 +88,48 @@ pub struct LoadedFile {
     pub ids: RecentIds,
     /// Chunks whose ids had to be looked up in the database.
     pub dedup_lookups: u64,
-    /// The file that was read: only it may be archived (or deleted) after COMMIT.
-    pub read: FileStamp,
 }
 
-impl FileOutcome {
+impl<R> FileOutcome<R> {
     fn lines(&self) -> u64 {
         match self {
-            FileOutcome::Loaded(loaded) => loaded.counts.lines,
+            FileOutcome::Loaded { loaded, .. } => loaded.counts.lines,
             _ => 0,
+        }
+    }
+
+    /// The outcome as the unit's source acknowledges it after COMMIT.
+    pub fn settled(&self) -> Settled<'_, R> {
+        match self {
+            FileOutcome::Loaded { loaded, read } => Settled::Loaded {
+                file_id: loaded.file_id,
+                read,
+            },
+            FileOutcome::Failed { file_id, read, .. } => Settled::Failed {
+                file_id: *file_id,
+                read,
+            },
+            FileOutcome::AlreadyKnown {
+                file_id,
+                status,
+                read,
+            } => Settled::Known {
+                file_id: *file_id,
+                status: *status,
+                read,
+            },
+            FileOutcome::Refused { kind, message } => Settled::Refused { kind, message },
+            FileOutcome::Busy | FileOutcome::Vanished | FileOutcome::Retry(_) => Settled::Untouched,
+        }
+    }
+}
+
+impl<R> From<NotOpened> for FileOutcome<R> {
+    fn from(not_opened: NotOpened) -> Self {
+        match not_opened {
+            NotOpened::Vanished => FileOutcome::Vanished,
+            NotOpened::Refused { kind, message } => FileOutcome::Refused { kind, message },
+            NotOpened::Retry(why) => FileOutcome::Retry(why),
         }
     }
 }
@@ -115,22 +155,22 @@ fn loading_settings(settings: &Settings) -> String {
     sql
 }
 
-/// Loads up to `batch_max_files` of `candidates` (fewer once `batch_max_rows` rows are in, or
-/// when shutdown is requested) in one transaction. The ids of committed files are remembered
-/// in `committed`, so that later files' duplicates of them are recognised in memory.
+/// Loads up to `batch_max_files` of `units` (fewer once `batch_max_rows` rows are in, or when
+/// shutdown is requested) in one transaction. The ids of committed units are remembered in
+/// `committed`, so that later units' duplicates of them are recognised in memory.
 ///
 /// # Errors
 /// On any database error; the transaction is then rolled back and the caller retries. An error
 /// at COMMIT leaves the outcome unknown: the retry's claim consults the ledger first.
-pub async fn load_batch(
+pub async fn load_batch<U: Unit>(
     settings: &Arc<Settings>,
     pool: &Pool,
-    candidates: &[Candidate],
+    units: &[U],
     cancel: &CancellationToken,
     committed: &CommittedIds,
-) -> anyhow::Result<Vec<(Candidate, FileOutcome)>> {
+) -> anyhow::Result<Vec<(U, FileOutcome<Receipt<U>>)>> {
     let batch = within_byte_budget(
-        &candidates[..candidates.len().min(settings.batch_max_files)],
+        &units[..units.len().min(settings.batch_max_files)],
         settings.batch_max_bytes,
     );
     if batch.is_empty() {
@@ -141,8 +181,8 @@ pub async fn load_batch(
     // memory speed, but still takes its time) would outlast `idle_in_transaction_timeout`, so
     // that the server ends the session and the batch fails, again and again. The files are
     // hashed side by side on blocking threads; the byte budget above bounds how long that takes.
-    let identifying: Vec<JoinHandle<io::Result<OpenedFile>>> =
-        batch.iter().map(spawn_identify).collect();
+    let identifying: Vec<JoinHandle<Result<U::Opened, NotOpened>>> =
+        batch.iter().map(spawn_open).collect();
     let mut opened = Vec::with_capacity(identifying.len());
     for handle in identifying {
         opened.push(handle.await.context("identify task panicked")?);
@@ -165,24 +205,16 @@ pub async fn load_batch(
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut batch_ids = RecentIds::new(settings.dedup_memory_ids);
     let mut rows = 0;
-    for (candidate, current) in batch.iter().zip(opened) {
+    for (unit, current) in batch.iter().zip(opened) {
         let outcome = match current {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => FileOutcome::Vanished,
-            // Swapped after the scan for a link or a FIFO or device: never read through it.
-            Err(e) => match crate::source::refusal(&e) {
-                Some(kind) => FileOutcome::Refused {
-                    kind,
-                    message: e.to_string(),
-                },
-                None => FileOutcome::Retry(format!("cannot read: {e}")),
-            },
+            Err(not_opened) => FileOutcome::from(not_opened),
             Ok(file) => {
                 let known = KnownIds {
                     batch: &batch_ids,
                     committed,
                 };
-                let mut outcome = load_file(&mut tx, settings, candidate, file, known).await?;
-                if let FileOutcome::Loaded(loaded) = &mut outcome {
+                let mut outcome = load_file(&mut tx, settings, unit.name(), file, known).await?;
+                if let FileOutcome::Loaded { loaded, .. } = &mut outcome {
                     for id in std::mem::take(&mut loaded.ids).iter() {
                         batch_ids.insert(*id);
                     }
@@ -191,7 +223,7 @@ pub async fn load_batch(
             }
         };
         rows += outcome.lines();
-        outcomes.push((candidate.clone(), outcome));
+        outcomes.push((unit.clone(), outcome));
         if rows >= settings.batch_max_rows || cancel.is_cancelled() {
             break;
         }
@@ -204,56 +236,47 @@ pub async fn load_batch(
     Ok(outcomes)
 }
 
-/// The first files of `candidates` whose sizes (as listed) add up to at most `budget` bytes,
-/// and always the first (none if there are none): a file bigger than the budget is loaded in a
-/// batch of its own, and one that no longer fits waits for the next batch.
-pub fn within_byte_budget(candidates: &[Candidate], budget: u64) -> &[Candidate] {
+/// The first of `units` whose sizes (as listed) add up to at most `budget` bytes, and always
+/// the first (none if there are none): a file bigger than the budget is loaded in a batch of
+/// its own, and one that no longer fits waits for the next batch.
+pub fn within_byte_budget<U: Unit>(units: &[U], budget: u64) -> &[U] {
     let mut bytes = 0u64;
-    let fitting = candidates
+    let fitting = units
         .iter()
-        .take_while(|c| {
-            bytes = bytes.saturating_add(c.size);
+        .take_while(|u| {
+            bytes = bytes.saturating_add(u.size());
             bytes <= budget
         })
         .count();
-    &candidates[..fitting.max(1).min(candidates.len())]
+    &units[..fitting.max(1).min(units.len())]
 }
 
-/// Opens and hashes a candidate on a blocking thread. The descriptor it returns is the only
-/// one the file is read through: the rows come from the file that was hashed and claimed.
-fn spawn_identify(candidate: &Candidate) -> JoinHandle<io::Result<OpenedFile>> {
-    let path = candidate.path.clone();
-    tokio::task::spawn_blocking(move || reader::open(&path))
+/// Opens (pins and identifies) a unit on a blocking thread. What it returns is the only thing
+/// the unit is read through: the rows come from the bytes that were hashed and claimed.
+fn spawn_open<U: Unit>(unit: &U) -> JoinHandle<Result<U::Opened, NotOpened>> {
+    let unit = unit.clone();
+    tokio::task::spawn_blocking(move || unit.open())
 }
 
-/// Loads one file inside the batch's transaction, under a savepoint of its own so that a file
-/// that must not be kept can be undone without losing the rest of the batch.
-#[tracing::instrument(name = "load_file", skip_all, fields(file = %candidate.name))]
-async fn load_file(
+/// Loads one unit (`name`, for the log) inside the batch's transaction, under a savepoint of
+/// its own so that a unit that must not be kept can be undone without losing the rest of the
+/// batch.
+#[tracing::instrument(name = "load_file", skip_all, fields(file = %name))]
+async fn load_file<O: Opened>(
     tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
-    candidate: &Candidate,
-    opened: OpenedFile,
+    name: &str,
+    opened: O,
     known: KnownIds<'_>,
-) -> anyhow::Result<FileOutcome> {
-    let OpenedFile {
-        file,
-        stamp: read,
-        identity,
-    } = opened;
+) -> anyhow::Result<FileOutcome<O::Receipt>> {
+    let identity = opened.identity();
+    let read = opened.receipt();
+    let opened = Arc::new(opened);
     let mut sp = tx
         .savepoint("file")
         .await
         .context("cannot create a savepoint")?;
-    let file_id = match ledger::claim(
-        &sp,
-        &identity,
-        &candidate.name,
-        candidate.modified,
-        &settings.instance_id,
-    )
-    .await?
-    {
+    let file_id = match opened.claim(&sp, &settings.instance_id).await? {
         Claim::Busy => {
             undo(sp).await?;
             return Ok(FileOutcome::Busy);
@@ -268,7 +291,7 @@ async fn load_file(
         }
         Claim::Claimed { file_id } => file_id,
     };
-    let (end, mut loaded) = match stream_file(&mut sp, settings, file, file_id, known).await {
+    let (end, loaded) = match stream_file(&mut sp, settings, opened.clone(), file_id, known).await {
         Ok(streamed) => streamed,
         Err(e) if classify(&e) == Failure::Conflict && !CopyNotStarted::caused(&e) => {
             // Some of its events are being inserted by another in-flight transaction: undo
@@ -299,20 +322,13 @@ async fn load_file(
         None => {
             ledger::finish_loaded(&sp, file_id, &loaded.counts).await?;
             sp.commit().await.context("cannot release the savepoint")?;
-            loaded.read = read;
-            Ok(FileOutcome::Loaded(loaded))
+            Ok(FileOutcome::Loaded { loaded, read })
         }
         Some(failure) => {
             undo(sp).await?;
-            let file_id = ledger::record_failed(
-                tx,
-                &identity,
-                &candidate.name,
-                candidate.modified,
-                &settings.instance_id,
-                &failure,
-            )
-            .await?;
+            let file_id = opened
+                .record_failed(tx, &settings.instance_id, &failure)
+                .await?;
             Ok(FileOutcome::Failed {
                 file_id,
                 failure,
@@ -331,11 +347,11 @@ async fn undo(file_savepoint: Transaction<'_>) -> anyhow::Result<()> {
         .context("cannot roll back to the savepoint")
 }
 
-/// Streams the file's chunks into the database; returns how reading ended and the accounting.
-async fn stream_file(
+/// Streams the unit's chunks into the database; returns how reading ended and the accounting.
+async fn stream_file<O: Opened>(
     tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
-    file: std::fs::File,
+    opened: Arc<O>,
     file_id: i64,
     known: KnownIds<'_>,
 ) -> anyhow::Result<(ReadEnd, LoadedFile)> {
@@ -347,7 +363,7 @@ async fn stream_file(
         chunk_rows: settings.chunk_rows,
     };
     // Dropping `receiver` (on return, including on error) stops the reader thread.
-    tokio::task::spawn_blocking(move || reader::read_rows(file, options, &sender));
+    tokio::task::spawn_blocking(move || opened.read_rows(options, &sender));
     let mut loaded = LoadedFile {
         file_id,
         ..LoadedFile::default()

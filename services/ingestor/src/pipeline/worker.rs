@@ -1,15 +1,15 @@
-//! The loading loops: scan, load a batch, finish its files, repeat; back off on database errors;
-//! stop taking work on shutdown. Beside them, one housekeeping loop reports the backlog on its
-//! own clock.
+//! The loading loops: take ready units from the source, load a batch, acknowledge its units,
+//! repeat; back off on database errors; stop taking work on shutdown. Beside them, one
+//! housekeeping loop reports the backlog on its own clock. The loops know a source only through
+//! `crate::source::Source` (today the input directory).
 //!
 //! Several loops run side by side (`loaders`, default 2), each with its own connection and
-//! transaction, on disjoint files (an in-process in-flight set hands each file to one loop).
+//! transaction, on disjoint units (an in-process in-flight set hands each unit to one loop).
 //! PostgreSQL executes one session's COPY on one core, so a second loader is what lets the
 //! database use the machine's other core; `psql \copy` cannot. Replicas in other processes
 //! share the work the same way through the ledger's locks.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,24 +18,21 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::loader::{load_batch, within_byte_budget, FileOutcome, LoadedFile};
-use super::reader;
 use crate::config::Settings;
 use crate::internal_events::{
-    BacklogObserved, BatchCommitted, BatchDataRefused, BatchEnded, DatabaseFailed,
-    DirectoryUnlistable, FileAlreadyLoaded, FileChanged, FileFailed, FileLoaded, FileMovedAs,
-    FileNotMoved, FileRefused, FileRetried, FileVanished, FutureModificationTimeSeen, LedgerPruned,
-    LoaderLoopPanicked, LoaderStopped, LoadingBlocked, Metrics, UnmovedFile,
+    BatchCommitted, BatchDataRefused, BatchEnded, DatabaseFailed, FileAlreadyLoaded, FileFailed,
+    FileLoaded, FileNotMoved, FileRetried, LedgerPruned, LoaderLoopPanicked, LoaderStopped,
+    LoadingBlocked, Metrics, UnmovedFile,
 };
-use crate::lifecycle;
-use crate::model::{FileFailure, LedgerStatus};
+use crate::model::{FileFailure, Settled};
 use crate::readiness::Readiness;
-use crate::source::{Candidate, Discovery, Scan};
+use crate::source::{Opened, Receipt, Source, Unit};
 use crate::store::pool::{classify, reached_database, Failure};
 use crate::store::presence::{Presence, SeenPresence};
 use crate::store::recent_ids::CommittedIds;
 use crate::store::{ledger, Pool};
 
-/// How long a file another replica is loading (or that could not be read) is left alone.
+/// How long a unit another replica is loading (or that could not be read) is left alone.
 const SKIP_FOR: Duration = Duration::from_millis(500);
 /// A file that alone makes PostgreSQL refuse its data this many times in a row is quarantined.
 const QUARANTINE_AFTER: u32 = 3;
@@ -54,10 +51,10 @@ pub struct WorkerState {
 }
 
 /// What the loops of one process share.
-struct Shared {
-    discovery: Discovery,
-    /// Files some loop is loading; a std mutex, never held across an await.
-    in_flight: Mutex<HashSet<PathBuf>>,
+struct Shared<S: Source> {
+    source: S,
+    /// Units some loop is loading, by key; a std mutex, never held across an await.
+    in_flight: Mutex<HashSet<Key<S>>>,
     /// Event ids the loops committed recently (duplicates of them are dropped in memory).
     committed: CommittedIds,
 }
@@ -68,16 +65,16 @@ struct Shared {
 /// # Errors
 /// If a loop panicked (a bug): the others are stopped and the error reaches `main`, so the
 /// process exits non-zero and gets restarted instead of limping on without a loader.
-pub async fn run(
+pub async fn run<S: Source>(
     settings: Arc<Settings>,
     pool: Pool,
-    discovery: Discovery,
+    source: S,
     state: WorkerState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let cancel = cancel.child_token();
     let shared = Arc::new(Shared {
-        discovery,
+        source,
         in_flight: Mutex::default(),
         committed: CommittedIds::new(settings.dedup_memory_ids),
     });
@@ -115,12 +112,15 @@ pub async fn run(
     }
 }
 
+/// A unit's key (see `Unit::Key`).
+type Key<S> = <<S as Source>::Unit as Unit>::Key;
+
 /// One loop's handles.
-struct LoopContext {
+struct LoopContext<S: Source> {
     index: usize,
     settings: Arc<Settings>,
     pool: Pool,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<S>>,
     state: WorkerState,
     cancel: CancellationToken,
 }
@@ -128,7 +128,7 @@ struct LoopContext {
 /// One loader loop. Its span (`loader=<index>`) is on every log line it emits, so the lines of
 /// loaders working side by side can be told apart.
 #[tracing::instrument(name = "loader", skip_all, fields(loader = ctx.index))]
-async fn run_loop(ctx: LoopContext) {
+async fn run_loop<S: Source>(ctx: LoopContext<S>) {
     let LoopContext {
         index,
         settings,
@@ -138,28 +138,23 @@ async fn run_loop(ctx: LoopContext) {
         cancel,
     } = ctx;
     let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
-    let mut skipped: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut skipped: HashMap<Key<S>, Instant> = HashMap::new();
     let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
-    let mut changes = shared.discovery.subscribe();
+    let mut changes = shared.source.subscribe();
     let mut seen_presence = SeenPresence::default();
     while !cancel.is_cancelled() {
-        let scan = shared.discovery.scan().unwrap_or_else(|e| {
-            DirectoryUnlistable { error: &e }.emit(&state.metrics);
-            Scan::default()
-        });
-        report_scan(&scan, &state.metrics);
+        let ready = shared.source.ready(&state.metrics);
         if index == 0 {
             prune_if_due(&settings, &pool, &state.metrics, &mut last_prune).await;
         }
         skipped.retain(|_, until| *until > Instant::now());
-        if scan.ready.is_empty() {
+        if ready.is_empty() {
             state.readiness.nothing_to_load();
         }
-        let ready: Vec<Candidate> = scan
-            .ready
+        let ready: Vec<S::Unit> = ready
             .into_iter()
-            .filter(|c| !skipped.contains_key(&c.path))
+            .filter(|u| !skipped.contains_key(&u.key()))
             .collect();
         let Some(claimed) = InFlight::take(&shared, breaker.batch(&ready), &settings) else {
             tokio::select! {
@@ -190,19 +185,8 @@ async fn run_loop(ctx: LoopContext) {
                     duration: started.elapsed(),
                 }
                 .emit(&state.metrics);
-                for (candidate, outcome) in outcomes {
-                    if let FileOutcome::Refused { kind, message } = &outcome {
-                        // Reported once, whether a scan or this open found it first.
-                        if shared.discovery.mark_refused(&candidate.name, kind) {
-                            FileRefused {
-                                name: &candidate.name,
-                                kind,
-                                message,
-                            }
-                            .emit(&state.metrics);
-                        }
-                    }
-                    finish(&settings, &state.metrics, &candidate, outcome, &mut skipped);
+                for (unit, outcome) in outcomes {
+                    finish(&shared.source, &state.metrics, &unit, outcome, &mut skipped);
                 }
             }
             Err(error) => {
@@ -211,7 +195,17 @@ async fn run_loop(ctx: LoopContext) {
                     state.readiness.data_refused();
                     // The database is up but refuses some file's rows: narrow it down to the
                     // file and set that file aside, instead of retrying the batch forever.
-                    set_aside_refused(&settings, &pool, &state, &mut breaker, batch, &error).await;
+                    let source = &shared.source;
+                    set_aside_refused(
+                        &settings,
+                        &pool,
+                        source,
+                        &state,
+                        &mut breaker,
+                        batch,
+                        &error,
+                    )
+                    .await;
                     continue;
                 }
                 let retry_in = backoff.next_delay();
@@ -244,18 +238,19 @@ async fn run_loop(ctx: LoopContext) {
     }
 }
 
-/// A batch whose data PostgreSQL refused: several files are retried one by one; a file that
+/// A batch whose data PostgreSQL refused: several units are retried one by one; a unit that
 /// is refused alone (three times in a row) is quarantined.
-async fn set_aside_refused(
+async fn set_aside_refused<S: Source>(
     settings: &Settings,
     pool: &Pool,
+    source: &S,
     state: &WorkerState,
-    breaker: &mut DataErrorBreaker,
-    batch: &[Candidate],
+    breaker: &mut DataErrorBreaker<Key<S>>,
+    batch: &[S::Unit],
     error: &anyhow::Error,
 ) {
     match breaker.failed(batch) {
-        Some(culprit) => quarantine(settings, pool, &state.metrics, &culprit, error).await,
+        Some(culprit) => quarantine(settings, pool, source, &state.metrics, &culprit, error).await,
         None => BatchDataRefused {
             error,
             files: batch.len(),
@@ -264,21 +259,21 @@ async fn set_aside_refused(
     }
 }
 
-/// Files one loop has taken; released (for any loop to take again) when dropped.
-struct InFlight<'a> {
-    shared: &'a Shared,
-    files: Vec<Candidate>,
+/// Units one loop has taken; released (for any loop to take again) when dropped.
+struct InFlight<'a, S: Source> {
+    shared: &'a Shared<S>,
+    files: Vec<S::Unit>,
 }
 
-impl<'a> InFlight<'a> {
-    /// Takes the ready files no other loop is loading, oldest first, that one batch loads (up
+impl<'a, S: Source> InFlight<'a, S> {
+    /// Takes the ready units no other loop is loading, oldest first, that one batch loads (up
     /// to `batch_max_files`, within `batch_max_bytes`); `None` if none. Taking more would keep
-    /// files the batch leaves out from the other loops until it commits.
-    fn take(shared: &'a Shared, ready: &[Candidate], settings: &Settings) -> Option<Self> {
+    /// units the batch leaves out from the other loops until it commits.
+    fn take(shared: &'a Shared<S>, ready: &[S::Unit], settings: &Settings) -> Option<Self> {
         let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let free: Vec<Candidate> = ready
+        let free: Vec<S::Unit> = ready
             .iter()
-            .filter(|c| !in_flight.contains(&c.path))
+            .filter(|u| !in_flight.contains(&u.key()))
             .take(settings.batch_max_files)
             .cloned()
             .collect();
@@ -286,39 +281,47 @@ impl<'a> InFlight<'a> {
         if files.is_empty() {
             return None;
         }
-        in_flight.extend(files.iter().map(|c| c.path.clone()));
+        in_flight.extend(files.iter().map(Unit::key));
         Some(InFlight { shared, files })
     }
 
-    fn files(&self) -> &[Candidate] {
+    fn files(&self) -> &[S::Unit] {
         &self.files
     }
 }
 
-impl Drop for InFlight<'_> {
+impl<S: Source> Drop for InFlight<'_, S> {
     fn drop(&mut self) {
         let mut in_flight = self
             .shared
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for file in &self.files {
-            in_flight.remove(&file.path);
+        for unit in &self.files {
+            in_flight.remove(&unit.key());
         }
     }
 }
 
-/// Narrows a batch whose data PostgreSQL refuses down to the one file responsible.
-#[derive(Default)]
-struct DataErrorBreaker {
-    /// Single-file batches still to run before batching resumes.
+/// Narrows a batch whose data PostgreSQL refuses down to the one unit responsible.
+struct DataErrorBreaker<K> {
+    /// Single-unit batches still to run before batching resumes.
     isolate: usize,
-    /// The file that failed alone, and how many times in a row.
-    strikes: Option<(PathBuf, u32)>,
+    /// The unit that failed alone, and how many times in a row.
+    strikes: Option<(K, u32)>,
 }
 
-impl DataErrorBreaker {
-    fn batch<'a>(&self, ready: &'a [Candidate]) -> &'a [Candidate] {
+impl<K> Default for DataErrorBreaker<K> {
+    fn default() -> Self {
+        DataErrorBreaker {
+            isolate: 0,
+            strikes: None,
+        }
+    }
+}
+
+impl<K: PartialEq> DataErrorBreaker<K> {
+    fn batch<'a, U>(&self, ready: &'a [U]) -> &'a [U] {
         if self.isolate > 0 {
             &ready[..ready.len().min(1)]
         } else {
@@ -331,75 +334,75 @@ impl DataErrorBreaker {
         self.strikes = None;
     }
 
-    /// Records a failed batch; returns the file to quarantine once one is proven guilty.
-    fn failed(&mut self, batch: &[Candidate]) -> Option<Candidate> {
+    /// Records a failed batch; returns the unit to quarantine once one is proven guilty.
+    fn failed<U: Unit<Key = K>>(&mut self, batch: &[U]) -> Option<U> {
         if batch.len() > 1 {
             self.isolate = batch.len();
             return None;
         }
-        let candidate = batch.first()?;
+        let unit = batch.first()?;
+        let key = unit.key();
         let count = match &self.strikes {
-            Some((path, n)) if *path == candidate.path => n + 1,
+            Some((struck, n)) if *struck == key => n + 1,
             _ => 1,
         };
-        self.strikes = Some((candidate.path.clone(), count));
+        self.strikes = Some((key, count));
         (count >= QUARANTINE_AFTER).then(|| {
             self.strikes = None;
-            candidate.clone()
+            unit.clone()
         })
     }
 }
 
-/// Records a file whose rows PostgreSQL refuses as failed (`database_rejected`) and moves it to
-/// the failed directory, so one such file cannot stop the service.
-async fn quarantine(
+/// Records a unit whose rows PostgreSQL refuses as failed (`database_rejected`) and
+/// acknowledges it (a file goes to the failed directory), so one such unit cannot stop the
+/// service.
+async fn quarantine<S: Source>(
     settings: &Settings,
     pool: &Pool,
+    source: &S,
     metrics: &Metrics,
-    candidate: &Candidate,
+    unit: &S::Unit,
     error: &anyhow::Error,
 ) {
     let failure = FileFailure::DatabaseRejected(format!("{error:#}"));
     let recorded = async {
-        let path = candidate.path.clone();
-        // Opened and hashed once more: the file recorded as failed is the file that is moved.
-        let opened = tokio::task::spawn_blocking(move || reader::open(&path)).await??;
+        let opening = unit.clone();
+        // Opened and hashed once more: the unit recorded as failed is the unit acknowledged.
+        let opened = tokio::task::spawn_blocking(move || opening.open()).await??;
         let mut conn = pool.get().await?;
         // In doubt until COMMIT answered, as in `load_batch`.
         conn.doubt();
         let tx = conn.transaction().await?;
-        let file_id = ledger::record_failed(
-            &tx,
-            &opened.identity,
-            &candidate.name,
-            candidate.modified,
-            &settings.instance_id,
-            &failure,
-        )
-        .await?;
+        let file_id = opened
+            .record_failed(&tx, &settings.instance_id, &failure)
+            .await?;
         tx.commit().await?;
         conn.settle();
-        anyhow::Ok((file_id, opened.stamp))
+        anyhow::Ok((file_id, opened.receipt()))
     };
     match recorded.await {
         Ok((file_id, read)) => {
             FileFailed {
-                name: &candidate.name,
+                name: unit.name(),
                 failure: &failure,
             }
             .emit(metrics);
-            match lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id) {
-                Ok(moved) => report_move(metrics, candidate, file_id, &moved),
-                Err(e) => FileNotMoved {
-                    name: &candidate.name,
+            let settled = Settled::Failed {
+                file_id,
+                read: &read,
+            };
+            if let Err(e) = source.acknowledge(unit, settled, metrics) {
+                FileNotMoved {
+                    name: unit.name(),
                     which: UnmovedFile::Quarantined,
                     error: &e,
                 }
-                .emit(metrics),
+                .emit(metrics);
             }
         }
         Err(e) => FileNotMoved {
-            name: &candidate.name,
+            name: unit.name(),
             which: UnmovedFile::NotQuarantined,
             error: &e,
         }
@@ -407,117 +410,43 @@ async fn quarantine(
     }
 }
 
-/// After COMMIT: report the file and move it where it belongs.
-fn finish(
-    settings: &Settings,
+/// After COMMIT: report the unit's outcome and have its source acknowledge it.
+fn finish<S: Source>(
+    source: &S,
     metrics: &Metrics,
-    candidate: &Candidate,
-    outcome: FileOutcome,
-    skipped: &mut HashMap<PathBuf, Instant>,
+    unit: &S::Unit,
+    outcome: FileOutcome<Receipt<S::Unit>>,
+    skipped: &mut HashMap<Key<S>, Instant>,
 ) {
-    let moved = match outcome {
-        FileOutcome::Loaded(loaded) => {
-            emit_loaded(metrics, candidate, &loaded);
-            let moved = lifecycle::after_loaded(
-                settings,
-                metrics,
-                &candidate.path,
-                &loaded.read,
-                loaded.file_id,
-            );
-            Some((loaded.file_id, moved))
-        }
-        FileOutcome::Failed {
-            file_id,
-            failure,
-            read,
-        } => {
-            FileFailed {
-                name: &candidate.name,
-                failure: &failure,
-            }
-            .emit(metrics);
-            let moved = lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id);
-            Some((file_id, moved))
-        }
+    let name = unit.name();
+    match &outcome {
+        FileOutcome::Loaded { loaded, .. } => emit_loaded(metrics, unit, loaded),
+        FileOutcome::Failed { failure, .. } => FileFailed { name, failure }.emit(metrics),
         FileOutcome::AlreadyKnown {
-            file_id,
-            status,
-            read,
-        } => {
-            FileAlreadyLoaded {
-                name: &candidate.name,
-                file_id,
-                status,
-            }
-            .emit(metrics);
-            let moved = if status == LedgerStatus::Failed {
-                lifecycle::after_failed(settings, metrics, &candidate.path, &read, file_id)
-            } else {
-                lifecycle::after_loaded(settings, metrics, &candidate.path, &read, file_id)
-            };
-            Some((file_id, moved))
+            file_id, status, ..
+        } => FileAlreadyLoaded {
+            name,
+            file_id: *file_id,
+            status: *status,
         }
-        FileOutcome::Busy | FileOutcome::Vanished => None,
-        // Reported by the caller, once per name (see `Discovery::mark_refused`).
-        FileOutcome::Refused { .. } => None,
-        FileOutcome::Retry(why) => {
-            FileRetried {
-                name: &candidate.name,
-                reason: &why,
-            }
-            .emit(metrics);
-            None
-        }
-    };
-    match moved {
-        Some((file_id, Ok(moved))) => report_move(metrics, candidate, file_id, &moved),
-        Some((_, Err(e))) => FileNotMoved {
-            name: &candidate.name,
+        .emit(metrics),
+        FileOutcome::Retry(why) => FileRetried { name, reason: why }.emit(metrics),
+        // A refusal is the source's to report (once per name), in its acknowledgement.
+        FileOutcome::Busy | FileOutcome::Vanished | FileOutcome::Refused { .. } => {}
+    }
+    if let Err(e) = source.acknowledge(unit, outcome.settled(), metrics) {
+        FileNotMoved {
+            name,
             which: UnmovedFile::Finished,
             error: &e,
         }
-        .emit(metrics),
-        None => {}
+        .emit(metrics);
     }
-    // Whatever happened, give the directory a moment before looking at this path again.
-    skipped.insert(candidate.path.clone(), Instant::now() + SKIP_FOR);
+    // Whatever happened, give the source a moment before offering this unit again.
+    skipped.insert(unit.key(), Instant::now() + SKIP_FOR);
 }
 
-/// Reports a name that no longer held the file that was read (left in place, to be loaded as a
-/// new file), that was gone, or that was taken in the target directory; a move or deletion that
-/// went as planned is not worth a log line of its own.
-fn report_move(
-    metrics: &Metrics,
-    candidate: &Candidate,
-    file_id: i64,
-    moved: &lifecycle::Finished,
-) {
-    match moved {
-        lifecycle::Finished::Changed(change) => FileChanged {
-            name: &candidate.name,
-            file_id,
-            change: *change,
-        }
-        .emit(metrics),
-        lifecycle::Finished::Gone => FileVanished {
-            name: &candidate.name,
-            file_id,
-        }
-        .emit(metrics),
-        lifecycle::Finished::Moved(to) if to.file_name() != candidate.path.file_name() => {
-            FileMovedAs {
-                name: &candidate.name,
-                file_id,
-                to,
-            }
-            .emit();
-        }
-        lifecycle::Finished::Moved(_) | lifecycle::Finished::Deleted => {}
-    }
-}
-
-fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
+fn emit_loaded(metrics: &Metrics, unit: &impl Unit, loaded: &LoadedFile) {
     let now = chrono::Utc::now().timestamp_micros();
     let lags: Vec<f64> = loaded
         .event_times
@@ -525,14 +454,14 @@ fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
         .map(|t| (now - t).max(0) as f64 / 1e6)
         .collect();
     FileLoaded {
-        name: &candidate.name,
+        name: unit.name(),
         file_id: loaded.file_id,
         counts: loaded.counts,
         rejected_by_reason: &loaded.rejected_by_reason,
         dedup_lookups: loaded.dedup_lookups,
-        bytes: candidate.size,
+        bytes: unit.size(),
         latency: SystemTime::now()
-            .duration_since(candidate.modified)
+            .duration_since(unit.landed())
             .unwrap_or_default(),
         lags: &lags,
     }
@@ -542,57 +471,19 @@ fn emit_loaded(metrics: &Metrics, candidate: &Candidate, loaded: &LoadedFile) {
 /// Reports the backlog every `rescan_interval`, on its own task: done by a loader loop, it would
 /// wait for that loop's transaction, and the backlog gauges would freeze exactly when loading is
 /// slow. (Pruning the ledger stays with the first loader loop: it is rare and short.)
-async fn housekeeping(
+async fn housekeeping<S: Source>(
     settings: Arc<Settings>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<S>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
-        // A listing error is logged by the loader loops, which scan as often.
-        if let Ok(scan) = shared.discovery.scan() {
-            report_scan(&scan, &metrics);
-            observe_backlog(&scan, &metrics);
-        }
+        shared.source.report_backlog(&metrics);
         tokio::select! {
             () = tokio::time::sleep(settings.rescan_interval) => {}
             () = cancel.cancelled() => {}
         }
     }
-}
-
-/// Files a scan saw for the first time with a modification time in the future (each is in one
-/// scan's list only, whichever loop listed it first).
-/// What a scan found that is not work: names holding no regular file (reported once each by
-/// the scan) and files first seen with a modification time in the future.
-fn report_scan(scan: &Scan, metrics: &Metrics) {
-    for file in &scan.refused {
-        FileRefused {
-            name: &file.name,
-            kind: file.kind,
-            message: "listed so by the scan; left as it is, never opened",
-        }
-        .emit(metrics);
-    }
-    for file in &scan.future {
-        FutureModificationTimeSeen {
-            name: &file.name,
-            modified: file.modified,
-        }
-        .emit(metrics);
-    }
-}
-
-fn observe_backlog(scan: &Scan, metrics: &Metrics) {
-    BacklogObserved {
-        files: scan.waiting.len(),
-        bytes: scan.waiting.iter().map(|c| c.size).sum(),
-        oldest_landed: scan
-            .waiting
-            .first()
-            .map_or_else(SystemTime::now, |c| c.modified),
-    }
-    .emit(metrics);
 }
 
 async fn prune_if_due(

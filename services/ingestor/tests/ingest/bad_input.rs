@@ -14,7 +14,7 @@ use event_contract::{
     EventReader, ExtraColumnPolicy, ValidationContext, DEFAULT_MAX_RECORD_BYTES, HEADER_LINE,
 };
 use ingestor::model::FileIdentity;
-use ingestor::pipeline::reader::{read_rows, ReadEnd, ReadMessage, ReadOptions};
+use ingestor::source::reader::{read_rows, ReadEnd, ReadMessage, ReadOptions};
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -1185,7 +1185,7 @@ fn through_pipeline(
     let path = dir.path().join("input.csv");
     std::fs::write(&path, bytes).unwrap();
     let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
-    let file = ingestor::pipeline::reader::open(&path).unwrap().file;
+    let file = ingestor::source::reader::open(&path).unwrap().file;
     let reader = std::thread::spawn(move || read_rows(file, options, &sender));
     let mut rows = Vec::new();
     let mut end = None;

@@ -292,7 +292,7 @@ async fn a_huge_sparse_file_in_a_backlog_is_hashed_before_begin_and_loaded_alone
         .iter()
         .chain([&huge])
         .map(|f| {
-            let identity = ingestor::pipeline::reader::identify(f).unwrap();
+            let identity = ingestor::source::reader::identify(f).unwrap();
             (identity.hash.to_vec(), identity.size)
         })
         .collect();
@@ -344,7 +344,7 @@ async fn a_huge_sparse_file_in_a_backlog_is_hashed_before_begin_and_loaded_alone
     let archived: BTreeSet<(Vec<u8>, u64)> = std::fs::read_dir(input.join("processed"))
         .unwrap()
         .map(|e| {
-            let identity = ingestor::pipeline::reader::identify(&e.unwrap().path()).unwrap();
+            let identity = ingestor::source::reader::identify(&e.unwrap().path()).unwrap();
             (identity.hash.to_vec(), identity.size)
         })
         .collect();
@@ -465,7 +465,7 @@ async fn assert_archived_files_were_loaded(db: &TestDatabase, archive: &Path) ->
     let mut archived = BTreeSet::new();
     for entry in std::fs::read_dir(archive).unwrap() {
         let path = entry.unwrap().path();
-        let identity = ingestor::pipeline::reader::identify(&path).unwrap();
+        let identity = ingestor::source::reader::identify(&path).unwrap();
         assert!(
             loaded.contains(&(identity.hash.to_vec(), identity.size as i64)),
             "{} was archived but never loaded",

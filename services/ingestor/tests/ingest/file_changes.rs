@@ -391,7 +391,7 @@ async fn assert_archive_was_loaded(db: &TestDatabase, input: &Path) -> BTreeMap<
     let loaded = loaded_identities(db).await;
     let mut archive = BTreeMap::new();
     for path in event_files(&input.join("processed")) {
-        let identity = ingestor::pipeline::reader::identify(&path).unwrap();
+        let identity = ingestor::source::reader::identify(&path).unwrap();
         assert!(
             loaded.contains(&(identity.hash.to_vec(), identity.size as i64)),
             "{} was archived but never loaded",

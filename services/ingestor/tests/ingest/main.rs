@@ -27,3 +27,4 @@ mod operator_commands;
 mod postgres_exporter;
 mod replicas;
 mod report;
+mod source_seam;

@@ -145,7 +145,7 @@ async fn assert_one_ledger_entry_per_content(db: &TestDatabase, files: &[PathBuf
     let contents: BTreeSet<(Vec<u8>, i64)> = files
         .iter()
         .map(|path| {
-            let identity = ingestor::pipeline::reader::identify(path).unwrap();
+            let identity = ingestor::source::reader::identify(path).unwrap();
             (identity.hash.to_vec(), identity.size as i64)
         })
         .collect();

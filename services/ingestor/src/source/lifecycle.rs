@@ -29,10 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 
+use super::open_regular;
 use crate::config::{resolved, AfterLoad, Settings};
 use crate::internal_events::{DirectoryRecreated, Metrics};
 use crate::model::{FileChange, FileStamp};
-use crate::source::open_regular;
 
 /// Names tried in a directory before giving up: `name`, `stem.<id>.ext`, `stem.<id>.2.ext`, …
 /// Only a directory already holding that many files of one name and id exhausts them.

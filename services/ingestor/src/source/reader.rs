@@ -11,8 +11,8 @@ use chrono::Utc;
 use event_contract::{EventReader, ExtraColumnPolicy, ReadError, RejectReason, ValidationContext};
 use tokio::sync::mpsc;
 
+use super::open_regular;
 use crate::model::{FileFailure, FileIdentity, FileStamp, LineEvent, RejectedRow};
-use crate::source::open_regular;
 
 /// A chunk is also sent once its rows' raw text reaches this size: rejected rows keep their raw
 /// text (up to the line cap each), so a row count alone would not bound memory.
@@ -109,7 +109,7 @@ pub fn identify(path: &Path) -> io::Result<FileIdentity> {
 
 /// Reads the rows of `file` from its start into chunks and sends them (pass 2, which hashes
 /// again what it reads); stops early if the receiver goes away.
-pub fn read_rows(file: File, options: ReadOptions, tx: &mpsc::Sender<ReadMessage>) {
+pub fn read_rows(file: impl Read + Seek, options: ReadOptions, tx: &mpsc::Sender<ReadMessage>) {
     let end = match stream_rows(file, options, tx) {
         Ok(Some(identity)) => ReadEnd::Done(identity),
         Ok(None) => return,
@@ -121,7 +121,7 @@ pub fn read_rows(file: File, options: ReadOptions, tx: &mpsc::Sender<ReadMessage
 }
 
 fn stream_rows(
-    mut file: File,
+    mut file: impl Read + Seek,
     options: ReadOptions,
     tx: &mpsc::Sender<ReadMessage>,
 ) -> Result<Option<FileIdentity>, ReadError> {
