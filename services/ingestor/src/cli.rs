@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::config::{AfterLoad, LogFormat};
+use crate::config::LogFormat;
 
 /// Loads e-commerce event CSV files from a directory into PostgreSQL, exactly once.
 ///
@@ -59,9 +59,11 @@ pub struct GlobalArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_dir: Option<PathBuf>,
     /// Archive or delete a file once loaded [default: archive].
-    #[arg(long, global = true, value_enum)]
+    // The values as strings, which the settings layer reads as `config::AfterLoad`: the
+    // settings stay free of command-line types.
+    #[arg(long, global = true, value_parser = ["archive", "delete"])]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub after_load: Option<AfterLoad>,
+    pub after_load: Option<String>,
     /// Log format [default: text].
     #[arg(long, global = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -45,7 +45,7 @@ const MAX_LEDGER_RETENTION_DAYS: u32 = 1_000_000;
 pub use service_support::LogFormat;
 
 /// What happens to a file once its transaction committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AfterLoad {
     /// Move it to the archive directory.

@@ -22,7 +22,7 @@ use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup,
 use crate::store::ledger::{self, Claim};
 use crate::store::pool::{classify, Failure};
 use crate::store::recent_ids::{CommittedIds, RecentIds};
-use crate::store::Pool;
+use crate::store::{loading, Pool};
 
 /// Chunks buffered between reader and loader: enough to overlap reading with writing, small
 /// enough that memory stays at a few chunks whatever the file size.
@@ -134,27 +134,6 @@ impl<R> From<NotOpened> for FileOutcome<R> {
     }
 }
 
-/// Planner settings of every loading transaction. For thousands of ids the planner would look
-/// stored event ids up with a sequential scan (it prices index lookups as uncached random
-/// reads, while the key being loaded is hot): measured at 1M rows and 8,192 ids, 96 ms scanning
-/// against 45 ms through the index. The transaction's other statements are key lookups anyway.
-const LOADING_SETTINGS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;";
-
-/// The `SET LOCAL`s a loading transaction starts with, in one round trip: the planner settings,
-/// and a `lock_timeout` so a COPY that would wait for another in-flight transaction (another
-/// loader or replica inserting the same event id) gives up and the file is deferred instead of
-/// this transaction idling until the other one commits (see `load_file`).
-fn loading_settings(settings: &Settings) -> String {
-    let mut sql = LOADING_SETTINGS.to_owned();
-    if !settings.conflict_wait.is_zero() {
-        sql.push_str(&format!(
-            " SET LOCAL lock_timeout = '{}ms';",
-            settings.conflict_wait.as_millis()
-        ));
-    }
-    sql
-}
-
 /// Loads up to `batch_max_files` of `units` (fewer once `batch_max_rows` rows are in, or when
 /// shutdown is requested) in one transaction. The ids of committed units are remembered in
 /// `committed`, so that later units' duplicates of them are recognised in memory.
@@ -199,9 +178,7 @@ pub async fn load_batch<U: Unit>(
         .transaction()
         .await
         .context("cannot begin a transaction")?;
-    tx.batch_execute(&loading_settings(settings))
-        .await
-        .context("cannot apply the loading transaction's settings")?;
+    loading::apply_settings(&tx, settings.conflict_wait).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut batch_ids = RecentIds::new(settings.dedup_memory_ids);
     let mut rows = 0;
@@ -427,9 +404,7 @@ async fn next_message(
         match tokio::time::timeout(every, receiver.recv()).await {
             Ok(message) => return Ok(message),
             Err(_) => {
-                tx.batch_execute("SELECT 1")
-                    .await
-                    .context("cannot keep the transaction alive while the file is read")?;
+                loading::keep_alive(tx).await?;
             }
         }
     }

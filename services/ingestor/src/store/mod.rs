@@ -8,6 +8,7 @@ pub mod identity;
 pub mod inspect;
 pub mod ledger;
 pub mod ledger_report;
+pub mod loading;
 pub mod pool;
 pub mod presence;
 pub mod recent_ids;

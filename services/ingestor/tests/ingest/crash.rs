@@ -344,8 +344,10 @@ async fn finished_files(client: &tokio_postgres::Client) -> i64 {
 async fn transactions_in_flight(client: &tokio_postgres::Client, database: &str) -> i64 {
     client
         .query_one(
+            // A transaction that has written (an xid): a loading one, not a read such as the
+            // directory claim's identity query, which also runs in a pooled session.
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-             AND application_name = 'ingestor' AND xact_start IS NOT NULL",
+             AND application_name = 'ingestor' AND backend_xid IS NOT NULL",
             &[&database],
         )
         .await
