@@ -1025,3 +1025,14 @@ impl LedgerPruned<'_> {
         }
     }
 }
+
+/// A loader loop has work but waits: this ingestor does not hold its presence lock (it is being
+/// taken, or `ingestor reset` holds it, see `store::presence`).
+pub struct LoadingWaitsForPresence;
+
+impl LoadingWaitsForPresence {
+    /// Logs.
+    pub fn emit(&self, _m: &Metrics) {
+        tracing::info!("Loading waits until this ingestor holds its presence lock");
+    }
+}

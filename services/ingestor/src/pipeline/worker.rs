@@ -83,6 +83,7 @@ pub async fn run<S: Source>(
     loops.spawn(housekeeping(
         settings.clone(),
         shared.clone(),
+        pool.clone(),
         state.metrics.clone(),
         cancel.clone(),
     ));
@@ -130,7 +131,7 @@ struct LoopContext<S: Source> {
 #[tracing::instrument(name = "loader", skip_all, fields(loader = ctx.index))]
 async fn run_loop<S: Source>(ctx: LoopContext<S>) {
     let LoopContext {
-        index,
+        index: _,
         settings,
         pool,
         shared,
@@ -139,15 +140,11 @@ async fn run_loop<S: Source>(ctx: LoopContext<S>) {
     } = ctx;
     let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
     let mut skipped: HashMap<Key<S>, Instant> = HashMap::new();
-    let mut last_prune: Option<Instant> = None;
     let mut breaker = DataErrorBreaker::default();
     let mut changes = shared.source.subscribe();
     let mut seen_presence = SeenPresence::default();
     while !cancel.is_cancelled() {
         let ready = shared.source.ready(&state.metrics);
-        if index == 0 {
-            prune_if_due(&settings, &pool, &state.metrics, &mut last_prune).await;
-        }
         skipped.retain(|_, until| *until > Instant::now());
         if ready.is_empty() {
             state.readiness.nothing_to_load();
@@ -166,7 +163,12 @@ async fn run_loop<S: Source>(ctx: LoopContext<S>) {
         };
         state
             .presence
-            .before_batch(&mut seen_presence, &shared.committed, &cancel)
+            .before_batch(
+                &mut seen_presence,
+                &shared.committed,
+                &state.metrics,
+                &cancel,
+            )
             .await;
         let batch = claimed.files();
         let started = Instant::now();
@@ -468,17 +470,20 @@ fn emit_loaded(metrics: &Metrics, unit: &impl Unit, loaded: &LoadedFile) {
     .emit(metrics);
 }
 
-/// Reports the backlog every `rescan_interval`, on its own task: done by a loader loop, it would
-/// wait for that loop's transaction, and the backlog gauges would freeze exactly when loading is
-/// slow. (Pruning the ledger stays with the first loader loop: it is rare and short.)
+/// The work beside loading, on its own task: the backlog gauges every `rescan_interval`, and
+/// ledger pruning when due. Done by a loader loop, they would wait for that loop's transaction
+/// (the gauges would freeze exactly when loading is slow), and a prune would hold up a batch.
 async fn housekeeping<S: Source>(
     settings: Arc<Settings>,
     shared: Arc<Shared<S>>,
+    pool: Pool,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
+    let mut last_prune: Option<Instant> = None;
     while !cancel.is_cancelled() {
         shared.source.report_backlog(&metrics);
+        prune_if_due(&settings, &pool, &metrics, &mut last_prune).await;
         tokio::select! {
             () = tokio::time::sleep(settings.rescan_interval) => {}
             () = cancel.cancelled() => {}

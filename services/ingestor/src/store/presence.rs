@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::connect_once;
 use super::recent_ids::CommittedIds;
 use crate::config::Settings;
+use crate::internal_events::{LoadingWaitsForPresence, Metrics};
 
 /// The advisory lock key ingestors hold shared while they run, and `reset` takes exclusively.
 /// An arbitrary constant (the ASCII of "ingest!!"), unlikely to collide with other users'
@@ -65,9 +66,13 @@ impl Presence {
         &self,
         seen: &mut SeenPresence,
         committed: &CommittedIds,
+        metrics: &Metrics,
         cancel: &CancellationToken,
     ) {
         let mut state = self.state.clone();
+        if !state.borrow().held {
+            LoadingWaitsForPresence.emit(metrics);
+        }
         let held = tokio::select! {
             held = state.wait_for(|s| s.held) => held.map(|h| *h).ok(),
             () = cancel.cancelled() => None,

@@ -695,11 +695,11 @@ async fn one_stray_quote_in_200_rows_costs_one_row_and_199_load() {
 
 #[tokio::test]
 async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loading_goes_on() {
-    // Arrange: four valid files, ready at start. An old ledger entry makes retention pruning due
-    // at the first scan, and the test holds that entry's row: the loader waits between its scan
-    // (which listed the four names as regular files) and opening them, and meanwhile three of
-    // the names are swapped: for a FIFO, for a symbolic link to a file outside the directory,
-    // and for a symbolic link to /dev/zero.
+    // Arrange: four valid files, ready at start. The test holds the ingestors' presence lock
+    // (as `ingestor reset` does), so the loader waits between its scan (which listed the four
+    // names as regular files) and opening them, and meanwhile three of the names are swapped:
+    // for a FIFO, for a symbolic link to a file outside the directory, and for a symbolic link
+    // to /dev/zero.
     let db = TestDatabase::create().await;
     let root = tempfile::tempdir().unwrap();
     let input = root.path().join("incoming");
@@ -730,28 +730,26 @@ async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loa
     std::fs::write(&outside, &secret).unwrap();
     let expected = expected(&[input.join("a.csv")]);
     let client = db.client().await;
-    client
-        .batch_execute(
-            "INSERT INTO ingest_files (file_name, size_bytes, content_hash, status, committed_at) \
-             VALUES ('old.csv', 1, '\\x01', 'loaded', now() - interval '40 days')",
-        )
-        .await
-        .unwrap();
     let holder = db.client().await;
     holder
-        .batch_execute("BEGIN; SELECT 1 FROM ingest_files WHERE file_name = 'old.csv' FOR UPDATE")
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&ingestor::store::presence::RUNNING_LOCK_KEY],
+        )
         .await
         .unwrap();
     let ingestor = Ingestor::spawn(
         &ingestor_url(&db),
         &input,
-        // One loader loop: the one that prunes, so no other loop opens the files meanwhile.
-        &[
-            ("INGESTOR_LEDGER_RETENTION_DAYS", "30"),
-            ("INGESTOR_LOADERS", "1"),
-        ],
+        // One loader loop, so no other loop opens the files meanwhile.
+        &[("INGESTOR_LOADERS", "1")],
     );
-    wait_until_a_session_waits_for_a_lock(&client, String::new).await;
+    // The loop logs this after its scan, before it opens anything.
+    assert!(
+        ingestor.wait_for_log("Loading waits until", Duration::from_secs(30)),
+        "the loader did not wait for the presence lock: {:#?}",
+        ingestor.log_lines()
+    );
 
     // Act: swap the names, then let the loader go on.
     for name in ["fifo.csv", "outside.csv", "zero.csv"] {
@@ -764,7 +762,13 @@ async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loa
     assert!(mkfifo.success(), "mkfifo failed");
     std::os::unix::fs::symlink(&outside, input.join("outside.csv")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", input.join("zero.csv")).unwrap();
-    holder.batch_execute("ROLLBACK").await.unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&ingestor::store::presence::RUNNING_LOCK_KEY],
+        )
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !input.join("processed/a.csv").exists() || refusals(&ingestor).len() < 3 {
         assert!(
@@ -775,6 +779,15 @@ async fn names_swapped_after_the_scan_for_a_fifo_or_symlinks_are_refused_and_loa
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Assert: the names were refused when opened, after the scan (not by the scan itself).
+    assert!(
+        !ingestor
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("File refused") && l.contains("listed so by the scan")),
+        "a swapped name was refused by the scan, so the swap came before it:\n{}",
+        ingestor.log_lines().join("\n")
+    );
     // Assert: the other file loaded exactly; nothing of the outside file is stored anywhere.
     assert_exact(&db, &expected).await;
     let (secret_events, secret_rejections): (i64, i64) = {
