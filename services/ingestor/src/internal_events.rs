@@ -693,20 +693,6 @@ pub struct PoolObserved {
     pub discarded_connections: u64,
 }
 
-impl From<&crate::store::Pool> for PoolObserved {
-    fn from(pool: &crate::store::Pool) -> Self {
-        let state = pool.state();
-        PoolObserved {
-            connections: state.connections,
-            idle_connections: state.idle_connections,
-            max_connections: pool.max_size(),
-            waiting_checkouts: pool.waiting(),
-            wait_time: state.statistics.get_wait_time,
-            discarded_connections: state.statistics.connections_closed_broken,
-        }
-    }
-}
-
 impl PoolObserved {
     /// Sets the gauges.
     pub fn emit(&self, m: &Metrics) {

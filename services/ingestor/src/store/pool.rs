@@ -15,6 +15,7 @@ use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::Client;
 
 use crate::config::Settings;
+use crate::internal_events::PoolObserved;
 use crate::tls::Connector;
 
 /// The pool used throughout the service: bb8's, plus the last reason a connection could not be
@@ -633,4 +634,19 @@ fn chain_text(error: &tokio_postgres::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// What the pool's gauges show, sampled at scrape (declared in `internal_events`).
+impl From<&Pool> for PoolObserved {
+    fn from(pool: &Pool) -> Self {
+        let state = pool.state();
+        PoolObserved {
+            connections: state.connections,
+            idle_connections: state.idle_connections,
+            max_connections: pool.max_size(),
+            waiting_checkouts: pool.waiting(),
+            wait_time: state.statistics.get_wait_time,
+            discarded_connections: state.statistics.connections_closed_broken,
+        }
+    }
 }
