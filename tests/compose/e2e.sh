@@ -98,7 +98,7 @@ check_hardening() {
 check_status_agrees() {
     local status ledger
     status=$(compose exec -T --index 1 ingestor ingestor status --json \
-        | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["files_loaded"], s["files_failed"], s["lines"], s["accepted"], s["duplicates"], s["rejected"])')
+        | python3 -c 'import json,sys; s=json.load(sys.stdin); t=s["totals"]; print(t["files_loaded"], t["files_failed"], t["lines"], t["accepted"], t["duplicates"], t["rejected"])')
     ledger=$(sql "SELECT count(*) FILTER (WHERE status = 'loaded') || ' ' || count(*) FILTER (WHERE status = 'failed')
         || ' ' || coalesce(sum(lines), 0) || ' ' || coalesce(sum(accepted), 0) || ' '
         || coalesce(sum(duplicates), 0) || ' ' || coalesce(sum(rejected), 0) FROM ingest_files")
