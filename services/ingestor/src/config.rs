@@ -66,6 +66,49 @@ pub enum ExtraColumns {
     Fail,
 }
 
+/// Where events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// CSV files landing in `input_dir`.
+    #[default]
+    Directory,
+    /// Messages of Kafka topics (`kafka_*` keys).
+    Kafka,
+}
+
+/// How a Kafka message holds its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageFormat {
+    /// The contract's CSV line (no header), one event per message.
+    #[default]
+    Csv,
+    /// A JSON object with the contract's six fields.
+    Json,
+}
+
+impl MessageFormat {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "csv" => Some(MessageFormat::Csv),
+            "json" => Some(MessageFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Where a partition without a stored offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaStart {
+    /// Its oldest message still kept.
+    #[default]
+    Earliest,
+    /// Messages produced from now on.
+    Latest,
+}
+
 declare_settings! {
     /// Raw settings as layered by figment, each declared once: see
     /// [`service_support::settings`] for what the declaration gives and "Adding a setting" in
@@ -145,7 +188,80 @@ declare_settings! {
             range = Range::at_most(MAX_LEDGER_RETENTION_DAYS, "PostgreSQL's timestamps go back no further; 0 = keep forever");
         /// `text` or `json`.
         log_format: LogFormat = LogFormat::Text;
+        /// Where events come from: `directory` (CSV files in `input_dir`) or `kafka` (the
+        /// topics of the `kafka_*` keys).
+        source: SourceKind = SourceKind::Directory;
+        /// Kafka bootstrap servers, `host:port[,host:port...]` (`source = kafka`).
+        kafka_brokers: String = "localhost:9092".into();
+        /// Topics to load, comma-separated; each `name`, `name:csv` or `name:json` (its message
+        /// format; `kafka_format` when not given).
+        kafka_topics: String = "events".into();
+        /// Message format of topics that name none: `csv` (the contract's CSV line, no header)
+        /// or `json` (an object with the contract's six fields).
+        kafka_format: MessageFormat = MessageFormat::Csv;
+        /// Consumer group: ingestors with the same group share the topics' partitions.
+        kafka_group_id: String = "event-ingest".into();
+        /// Where a partition with no stored offset (table `source_offsets`) starts: `earliest`
+        /// or `latest`.
+        kafka_start: KafkaStart = KafkaStart::Earliest;
+        /// At most this many of a partition's messages in one batch (one ledger entry).
+        kafka_batch_max_messages: usize = 10_000, range = Range::at_least(1);
+        /// Buffered messages wait at most this long for more before they are loaded, ms (0 =
+        /// load what has arrived; batches still grow while the loaders are busy).
+        kafka_batch_wait_ms: Millis = Millis::ms(0);
+        /// A partition holding this many messages not yet loaded is paused until half of them
+        /// are (backpressure: memory stays bounded when PostgreSQL is slow or down).
+        kafka_buffer_max_messages: usize = 100_000, range = Range::at_least(2);
+        /// Extra librdkafka properties, `key=value` separated by `;` or line breaks (SASL, TLS,
+        /// timeouts), e.g. `security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512`.
+        kafka_client_options: Option<String> = None;
+        /// File holding the SASL password (`sasl.password`), e.g. a Compose secret.
+        kafka_sasl_password_file: Option<PathBuf> = None;
     }
+}
+
+/// librdkafka properties the Kafka source sets itself: the exactly-once design depends on
+/// them (offsets stored in PostgreSQL, cooperative rebalancing, no end-of-partition events).
+pub const KAFKA_RESERVED_OPTIONS: [&str; 7] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "enable.partition.eof",
+    "partition.assignment.strategy",
+    "auto.offset.reset",
+];
+
+/// One topic the Kafka source loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaTopic {
+    /// Its name.
+    pub name: String,
+    /// How its messages hold events.
+    pub format: MessageFormat,
+}
+
+/// The Kafka source's validated settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topics and their formats.
+    pub topics: Vec<KafkaTopic>,
+    /// Consumer group.
+    pub group_id: String,
+    /// Start of a partition never loaded.
+    pub start: KafkaStart,
+    /// Messages per batch.
+    pub batch_max_messages: usize,
+    /// Longest wait for a fuller batch.
+    pub batch_wait: Duration,
+    /// Buffered messages per partition before it is paused.
+    pub buffer_max_messages: usize,
+    /// Extra librdkafka properties.
+    pub client_options: Vec<(String, String)>,
+    /// SASL password read from its file.
+    pub sasl_password: Option<String>,
 }
 
 /// Validated settings.
@@ -213,6 +329,8 @@ pub struct Settings {
     pub ledger_retention_days: Option<u32>,
     /// Log format.
     pub log_format: LogFormat,
+    /// The Kafka source's settings when `source = kafka`; `None` for the directory source.
+    pub kafka: Option<KafkaSettings>,
 }
 
 pub use service_support::ConfigError;
@@ -292,6 +410,54 @@ impl RawSettings {
         })
     }
 
+    /// The Kafka source's settings, checked, when it is the source.
+    fn kafka_settings(&self) -> Result<Option<KafkaSettings>, ConfigError> {
+        if self.source != SourceKind::Kafka {
+            return Ok(None);
+        }
+        if self.kafka_brokers.trim().is_empty() {
+            return Err(invalid(
+                "kafka_brokers",
+                "",
+                "must name at least one host:port",
+            ));
+        }
+        let topics = parse_topics(&self.kafka_topics, self.kafka_format)
+            .map_err(|why| invalid("kafka_topics", &self.kafka_topics, why))?;
+        let options = self.kafka_client_options.as_deref().unwrap_or_default();
+        let client_options = parse_client_options(options)
+            .map_err(|why| invalid("kafka_client_options", options, why))?;
+        let sasl_password = match &self.kafka_sasl_password_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        invalid(
+                            "kafka_sasl_password_file",
+                            path.display(),
+                            format!("cannot be read ({e})"),
+                        )
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+        };
+        if self.kafka_group_id.trim().is_empty() {
+            return Err(invalid("kafka_group_id", "", "must not be empty"));
+        }
+        Ok(Some(KafkaSettings {
+            brokers: self.kafka_brokers.clone(),
+            topics,
+            group_id: self.kafka_group_id.clone(),
+            start: self.kafka_start,
+            batch_max_messages: self.kafka_batch_max_messages,
+            batch_wait: self.kafka_batch_wait_ms.get(),
+            buffer_max_messages: self.kafka_buffer_max_messages,
+            client_options,
+            sasl_password,
+        }))
+    }
+
     /// Checks every value: each key's declared range ([`Declared::check_ranges`]), and here
     /// what a declaration cannot say (a value to parse, a rule over two keys).
     ///
@@ -326,6 +492,7 @@ impl RawSettings {
             )
         })?;
         self.check_ranges()?;
+        let kafka = self.kafka_settings()?;
         if (self.pool_size as usize) <= self.loaders {
             return Err(invalid(
                 "pool_size",
@@ -362,6 +529,7 @@ impl RawSettings {
             }
         }
         Ok(Settings {
+            kafka,
             database_display: mask_password(&self.database_url),
             database,
             tls,
@@ -401,6 +569,65 @@ impl RawSettings {
             after_load: self.after_load,
         })
     }
+}
+
+/// `name[:format],...` into topics; an error says what is wrong.
+fn parse_topics(list: &str, default: MessageFormat) -> Result<Vec<KafkaTopic>, String> {
+    let mut topics: Vec<KafkaTopic> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (name, format) = match item.split_once(':') {
+            None => (item, default),
+            Some((name, format)) => (
+                name,
+                MessageFormat::parse(format)
+                    .ok_or_else(|| format!("`{item}`: the format must be csv or json"))?,
+            ),
+        };
+        // Kafka's own rule for topic names.
+        let legal = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if name.is_empty() || name.len() > 249 || !legal || name == "." || name == ".." {
+            return Err(format!(
+                "`{name}` is not a Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
+            ));
+        }
+        if topics.iter().any(|t| t.name == name) {
+            return Err(format!("`{name}` is listed twice"));
+        }
+        topics.push(KafkaTopic {
+            name: name.to_owned(),
+            format,
+        });
+    }
+    if topics.is_empty() {
+        return Err("must name at least one topic".to_owned());
+    }
+    Ok(topics)
+}
+
+/// `key=value` pairs separated by `;` or line breaks; the keys the source sets itself are
+/// refused.
+fn parse_client_options(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut options = Vec::new();
+    for item in text
+        .split([';', '\n'])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(format!("`{item}` is not key=value"));
+        };
+        let key = key.trim();
+        if KAFKA_RESERVED_OPTIONS.contains(&key) {
+            return Err(format!(
+                "`{key}` is set by the ingestor itself (its exactly-once design depends on it); \
+                 use the kafka_* keys instead"
+            ));
+        }
+        options.push((key.to_owned(), value.trim().to_owned()));
+    }
+    Ok(options)
 }
 
 /// The directory `path` names, for comparing two paths: absolute, with `.`, `..` and symbolic

@@ -14,6 +14,15 @@ use prometheus::{
 };
 use service_support::{counter_vec, histogram, register, register_process_metrics};
 
+mod kafka;
+
+pub use kafka::{
+    KafkaBacklogObserved, KafkaBrokerReachable, KafkaBrokerUnreachable, KafkaClientLog,
+    KafkaConsumeFailed, KafkaPartitionsAssigned, KafkaPartitionsRevoked, KafkaPositionsUnavailable,
+    KafkaRangeOutOfStep, KafkaRangeSettled, KafkaSeekFailed, KafkaStoredOffsetMoved,
+    KAFKA_BATCH_OUTCOMES, KAFKA_REBALANCE_KINDS,
+};
+
 use crate::model::{
     DatabaseIdentity, DirectoryClaim, FileChange, FileFailure, LedgerStatus, LineCounts,
 };
@@ -76,6 +85,7 @@ pub struct Metrics {
     pool_waiting: IntGauge,
     pool_wait: Counter,
     http: HttpMetrics,
+    kafka: kafka::KafkaMetrics,
 }
 
 impl Metrics {
@@ -297,6 +307,7 @@ impl Metrics {
                 )?,
             )?,
             http: HttpMetrics::new(&registry)?,
+            kafka: kafka::KafkaMetrics::new(&registry)?,
             registry,
         };
         // Until the first commit, the time since start-up is the time without one.

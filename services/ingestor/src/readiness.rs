@@ -25,6 +25,9 @@ struct Inner {
     /// Why loading is blocked by an error no retry fixes, if it is. A std mutex: held only to
     /// copy a string, never across an await.
     blocked: Mutex<Option<String>>,
+    /// Why the source cannot deliver work (a Kafka cluster out of reach), if it cannot; set
+    /// and cleared by the source.
+    source_down: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -34,6 +37,7 @@ impl Readiness {
             inner: Arc::new(Inner {
                 loader_alive: AtomicBool::new(true),
                 blocked: Mutex::new(None),
+                source_down: Mutex::new(None),
             }),
             metrics,
         }
@@ -78,6 +82,22 @@ impl Readiness {
         self.metrics.set_ready(false);
     }
 
+    /// The source cannot deliver work, and why (readiness is lost until [`Self::source_up`]).
+    pub fn source_down(&self, reason: String) {
+        *lock(&self.inner.source_down) = Some(reason);
+        self.metrics.set_ready(false);
+    }
+
+    /// The source delivers work again.
+    pub fn source_up(&self) {
+        *lock(&self.inner.source_down) = None;
+    }
+
+    /// Why the source cannot deliver work, if it cannot.
+    pub fn source_down_reason(&self) -> Option<String> {
+        lock(&self.inner.source_down).clone()
+    }
+
     /// Nothing is waiting to be loaded, so nothing can be failing to load.
     pub fn nothing_to_load(&self) {
         *self.blocked() = None;
@@ -93,6 +113,11 @@ impl Readiness {
     }
 
     fn blocked(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.blocked)
     }
+}
+
+/// A reason's lock; a panic elsewhere while it was held leaves a string, still usable.
+fn lock(reason: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+    reason.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -16,6 +16,7 @@ use crate::internal_events::Metrics;
 use crate::pipeline::worker::{self, WorkerState};
 use crate::readiness::Readiness;
 use crate::routes::{router, AppState, StatusSnapshot};
+use crate::source::kafka::KafkaSource;
 use crate::source::{lifecycle, DirectorySource, Discovery};
 use crate::store::presence::Presence;
 use crate::store::{build_pool, Pool};
@@ -24,7 +25,8 @@ use crate::store::{build_pool, Pool};
 pub struct Application {
     settings: Arc<Settings>,
     listener: TcpListener,
-    discovery: Discovery,
+    /// The input directory's watch; `None` for the Kafka source.
+    discovery: Option<Discovery>,
     pool: Pool,
     metrics: Metrics,
 }
@@ -39,8 +41,15 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let discovery = Discovery::start(&settings.input_dir, settings.settle)?;
-        lifecycle::prepare_dirs(&settings)?;
+        // The Kafka source has no directory to watch or prepare.
+        let discovery = match settings.kafka {
+            Some(_) => None,
+            None => {
+                let discovery = Discovery::start(&settings.input_dir, settings.settle)?;
+                lifecycle::prepare_dirs(&settings)?;
+                Some(discovery)
+            }
+        };
         let metrics = Metrics::new().context("cannot register metrics")?;
         let pool = build_pool(&settings);
         Ok(Application {
@@ -86,7 +95,11 @@ impl Application {
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             instance = %settings.instance_id,
             tls = %settings.tls.describe(),
-            inotify = discovery.is_watching(),
+            source = match &settings.kafka {
+                Some(kafka) => format!("kafka {} {:?}", kafka.brokers, kafka.topics.iter().map(|t| &t.name).collect::<Vec<_>>()),
+                None => "directory".to_owned(),
+            },
+            inotify = discovery.as_ref().is_some_and(Discovery::is_watching),
             "Ingestor starting"
         );
         let cancel = CancellationToken::new();
@@ -111,9 +124,25 @@ impl Application {
                 // claimed for this database (`claim`); a directory of another database ends the
                 // loader with the reason, and so the process.
                 let result = async {
-                    claim::claim_directory(&settings, &pool, &metrics, &cancel).await?;
-                    let source = DirectorySource::new(discovery, settings.clone());
-                    worker::run(settings, pool, source, worker_state, cancel).await
+                    match (discovery, settings.kafka.clone()) {
+                        (Some(discovery), _) => {
+                            claim::claim_directory(&settings, &pool, &metrics, &cancel).await?;
+                            let source = DirectorySource::new(discovery, settings.clone());
+                            worker::run(settings, pool, source, worker_state, cancel).await
+                        }
+                        (None, Some(kafka)) => {
+                            let source = KafkaSource::start(
+                                &settings,
+                                kafka,
+                                pool.clone(),
+                                readiness.clone(),
+                                metrics,
+                                cancel.clone(),
+                            )?;
+                            worker::run(settings, pool, source, worker_state, cancel).await
+                        }
+                        (None, None) => anyhow::bail!("no source: neither a directory nor Kafka"),
+                    }
                 }
                 .await;
                 readiness.loader_stopped();

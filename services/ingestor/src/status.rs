@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::source::Discovery;
 use crate::store::connect_once;
 pub use crate::store::ledger_report::{Failure, LedgerSummary, Totals};
+use crate::store::offsets::StoredPosition;
 
 /// `application_name` of the status connection (the command's, and the one `/status` keeps).
 pub const STATUS_APPLICATION_NAME: &str = "ingestor-status";
@@ -29,7 +30,8 @@ pub struct StatusReport {
     pub instance_id: Option<String>,
     /// When the report was gathered (RFC 3339, UTC).
     pub as_of: String,
-    /// The input directory's waiting files; `null` when it cannot be listed.
+    /// The input directory's waiting files; `null` when it cannot be listed, and for the Kafka
+    /// source (its backlog is the consumer lag, in `/metrics`).
     pub backlog: Option<Backlog>,
     /// Time of the last committed file (RFC 3339, UTC); `null` before the first, or when the
     /// ledger cannot be read.
@@ -38,6 +40,10 @@ pub struct StatusReport {
     pub totals: Option<Totals>,
     /// The most recent failed files, newest first.
     pub recent_failures: Vec<Failure>,
+    /// The Kafka source's partitions and their offsets stored in PostgreSQL (where each
+    /// partition's next batch starts), by topic and partition; `null` for the directory source
+    /// or when the database cannot be read.
+    pub kafka_partitions: Option<Vec<StoredPosition>>,
     /// Why the input directory could not be listed; `null` when it could.
     pub directory_error: Option<String>,
     /// Why the ledger could not be read (the database's connection error names the cause and
@@ -60,14 +66,19 @@ impl StatusReport {
     /// Puts the parts together; a failed part's error goes into its `*_error` field.
     pub fn new(
         instance_id: Option<String>,
-        backlog: anyhow::Result<Backlog>,
+        backlog: Option<anyhow::Result<Backlog>>,
         ledger: anyhow::Result<LedgerSummary>,
     ) -> Self {
-        let (backlog, directory_error) = split(backlog);
+        let (backlog, directory_error) = backlog.map_or((None, None), split);
         let (ledger, database_error) = split(ledger);
-        let (last_commit, totals, recent_failures) = match ledger {
-            Some(l) => (l.last_commit, Some(l.totals), l.recent_failures),
-            None => (None, None, Vec::new()),
+        let (last_commit, totals, recent_failures, kafka_partitions) = match ledger {
+            Some(l) => (
+                l.last_commit,
+                Some(l.totals),
+                l.recent_failures,
+                l.kafka_partitions,
+            ),
+            None => (None, None, Vec::new(), None),
         };
         StatusReport {
             version: env!("CARGO_PKG_VERSION"),
@@ -77,6 +88,7 @@ impl StatusReport {
             last_commit,
             totals,
             recent_failures,
+            kafka_partitions,
             directory_error,
             database_error,
         }
@@ -117,11 +129,13 @@ pub fn backlog(settings: &Settings, discovery: &Discovery) -> anyhow::Result<Bac
 
 /// Gathers the report once, over a connection of its own (the `status` command).
 pub async fn gather_once(settings: &Settings) -> StatusReport {
-    let backlog = Discovery::unwatched(&settings.input_dir, settings.settle)
-        .and_then(|discovery| backlog(settings, &discovery));
+    let backlog = settings.kafka.is_none().then(|| {
+        Discovery::unwatched(&settings.input_dir, settings.settle)
+            .and_then(|discovery| backlog(settings, &discovery))
+    });
     let ledger = async {
         let client = connect_once(settings, STATUS_APPLICATION_NAME).await?;
-        crate::store::ledger_report::summary(&client).await
+        crate::store::ledger_report::summary(&client, settings.kafka.is_some()).await
     }
     .await;
     StatusReport::new(None, backlog, ledger)

@@ -9,7 +9,7 @@ use crate::store::{connect_once, encoding_problem, server_encoding};
 
 /// The schema version this ingestor needs: the number of the newest script in `sql/`, which
 /// each script from `050_schema_version.sql` on records in table `schema_version`.
-pub const SCHEMA_VERSION: i32 = 60;
+pub const SCHEMA_VERSION: i32 = 70;
 
 /// Columns the ingestor writes, per table: the schema from `sql/` must have them.
 const REQUIRED_COLUMNS: [(&str, &[&str]); 3] = [

@@ -6,6 +6,7 @@ mod directory_claim;
 mod file;
 mod file_failure;
 mod ledger_status;
+mod log_partition;
 mod rows;
 mod settled;
 
@@ -13,5 +14,6 @@ pub use directory_claim::{DatabaseIdentity, DirectoryClaim};
 pub use file::{FileChange, FileIdentity, FileStamp};
 pub use file_failure::FileFailure;
 pub use ledger_status::LedgerStatus;
+pub use log_partition::{PartitionKey, PartitionView};
 pub use rows::{LineCounts, LineEvent, RejectedRow};
 pub use settled::Settled;

@@ -28,12 +28,14 @@ pub async fn live(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 /// `GET /readyz`: the loader runs, its last batch did not fail for a reason no retry fixes
 /// (a missing table, column or privilege, a setting PostgreSQL rejects), and the database
-/// answers, in UTF8.
+/// answers, in UTF8; and the source can deliver work (a Kafka source reaches its cluster).
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut database_answered = None;
     let verdict = if !state.readiness.loader_alive() {
         Err("loader is not running".to_owned())
     } else if let Some(reason) = state.readiness.blocked_reason() {
+        Err(reason)
+    } else if let Some(reason) = state.readiness.source_down_reason() {
         Err(reason)
     } else {
         let checked = check_database(&state).await;

@@ -127,11 +127,14 @@ impl Gatherer {
     /// succeeded: one that failed or was cut short (a timeout, a client gone) may have left it
     /// mid-exchange, so it is dropped (which closes it) and the next gathering connects afresh.
     async fn gather(&mut self, settings: &Settings) -> StatusReport {
-        let backlog = match self.discovery.take() {
-            Some(discovery) => Ok(discovery),
-            None => Discovery::unwatched(&settings.input_dir, settings.settle),
-        }
-        .and_then(|discovery| backlog(settings, self.discovery.insert(discovery)));
+        // The Kafka source has no directory: its backlog is the consumer lag (`/metrics`).
+        let backlog = settings.kafka.is_none().then(|| {
+            match self.discovery.take() {
+                Some(discovery) => Ok(discovery),
+                None => Discovery::unwatched(&settings.input_dir, settings.settle),
+            }
+            .and_then(|discovery| backlog(settings, self.discovery.insert(discovery)))
+        });
         let ledger = match tokio::time::timeout(GATHER_TIMEOUT, self.read_ledger(settings)).await {
             Ok(ledger) => ledger,
             Err(_) => Err(anyhow::anyhow!(
@@ -149,7 +152,7 @@ impl Gatherer {
             Some(client) if !client.is_closed() => client,
             _ => connect_once(settings, STATUS_APPLICATION_NAME).await?,
         };
-        let summary = ledger_report::summary(&client).await?;
+        let summary = ledger_report::summary(&client, settings.kafka.is_some()).await?;
         self.client = Some(client);
         Ok(summary)
     }
@@ -163,9 +166,11 @@ pub async fn status(State(state): State<AppState>) -> Response {
         Ok(gathered) => gathered.report.clone(),
         Err(_) => StatusReport::new(
             Some(state.settings.instance_id.clone()),
-            Err(anyhow::anyhow!(
-                "the status report did not complete in time"
-            )),
+            state.settings.kafka.is_none().then(|| {
+                Err(anyhow::anyhow!(
+                    "the status report did not complete in time"
+                ))
+            }),
             Err(anyhow::anyhow!(
                 "the status report did not complete in time"
             )),

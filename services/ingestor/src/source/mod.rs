@@ -10,12 +10,14 @@
 //! ledger key and what happens after COMMIT. docs/architecture.md ("The source interface")
 //! says what each side guarantees.
 //!
-//! The directory is the one source today: [`DirectorySource`] over [`Discovery`] (inotify and
+//! Two sources implement it. The Kafka source is [`kafka`] (topics' partitions, offsets stored
+//! in PostgreSQL). The directory: [`DirectorySource`] over [`Discovery`] (inotify and
 //! rescans), [`reader`] (a file's bytes to rows, through the contract) and [`lifecycle`]
 //! (archiving, deleting or failing files after COMMIT).
 
 mod directory;
 mod discovery;
+pub mod kafka;
 pub mod lifecycle;
 mod open;
 pub mod reader;

@@ -173,13 +173,13 @@ fn stream_rows(
 }
 
 /// A raw line as a `text` column can hold it: invalid UTF-8 replaced by U+FFFD, NULs removed.
-fn storable_text(raw: &[u8]) -> String {
+pub(crate) fn storable_text(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).replace('\0', "")
 }
 
 /// Text a `text` column can hold: NUL bytes removed (PostgreSQL rejects them, and one such value
 /// would fail the whole batch's transaction on every retry).
-fn without_nul(text: String) -> String {
+pub(crate) fn without_nul(text: String) -> String {
     if text.contains('\0') {
         text.replace('\0', "")
     } else {

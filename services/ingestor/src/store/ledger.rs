@@ -232,14 +232,19 @@ pub async fn prune(client: &tokio_postgres::Client, days: u32) -> anyhow::Result
         .context("cannot prune the ledger")
 }
 
-/// Empties the events, the ledger, what retention kept of it and the rejected rows, in one
+/// Empties the events, the ledger, what retention kept of it, the rejected rows and the Kafka
+/// source's offsets and ranges, in one
 /// transaction (`ingestor reset`).
 ///
 /// # Errors
 /// On a database error; without TRUNCATE privilege the error says which connection to use.
 pub async fn empty_everything(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {
     let tx = client.transaction().await.context("cannot begin")?;
-    tx.batch_execute("TRUNCATE events, rejected_rows, ingest_files, pruned_files")
+    // The Kafka source's stored offsets go too: emptied tables with offsets left at the end of
+    // the topics would never be filled again from the messages still in Kafka.
+    tx.batch_execute(
+        "TRUNCATE events, rejected_rows, log_ranges, ingest_files, pruned_files, source_offsets",
+    )
         .await
         .context("cannot empty the tables (reset needs the tables' owner, not the `ingestor` role: set DATABASE_URL to an admin connection)")?;
     tx.commit().await.context("cannot commit the reset")

@@ -1,6 +1,7 @@
 //! Read-only questions to the ledger for the status report (`ingestor status`, `GET /status`):
 //! totals, the last commit and the most recent failures.
 
+use super::offsets::StoredPosition;
 use anyhow::Context;
 use serde::Serialize;
 
@@ -18,6 +19,8 @@ pub struct LedgerSummary {
     pub totals: Totals,
     /// The most recent failed files, newest first.
     pub recent_failures: Vec<Failure>,
+    /// The Kafka source's stored offsets, when asked for.
+    pub kafka_partitions: Option<Vec<StoredPosition>>,
 }
 
 /// Ledger totals; `lines = accepted + duplicates + rejected` over loaded files.
@@ -54,7 +57,10 @@ pub struct Failure {
 ///
 /// # Errors
 /// When the ledger cannot be read.
-pub async fn summary(client: &tokio_postgres::Client) -> anyhow::Result<LedgerSummary> {
+pub async fn summary(
+    client: &tokio_postgres::Client,
+    with_kafka_partitions: bool,
+) -> anyhow::Result<LedgerSummary> {
     let totals = client
         .query_one(
             "SELECT count(*) FILTER (WHERE status = $1), count(*) FILTER (WHERE status = $2), \
@@ -76,7 +82,12 @@ pub async fn summary(client: &tokio_postgres::Client) -> anyhow::Result<LedgerSu
         )
         .await
         .context("cannot read recent failures")?;
+    let kafka_partitions = match with_kafka_partitions {
+        true => Some(super::offsets::all_positions(client).await?),
+        false => None,
+    };
     Ok(LedgerSummary {
+        kafka_partitions,
         last_commit: totals.get(6),
         totals: Totals {
             files_loaded: totals.get(0),

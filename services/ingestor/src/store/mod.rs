@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod ledger;
 pub mod ledger_report;
 pub mod loading;
+pub mod offsets;
 pub mod pool;
 pub mod presence;
 pub mod recent_ids;

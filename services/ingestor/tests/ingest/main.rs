@@ -23,6 +23,7 @@ mod end_to_end;
 mod endpoints;
 mod file_changes;
 mod http_limits;
+mod kafka_source;
 mod operator_commands;
 mod postgres_exporter;
 mod replicas;
