@@ -505,7 +505,11 @@ mod tests {
     fn the_kafka_sink_needs_brokers_and_a_legal_topic() {
         Jail::expect_with(|_| {
             let default = load_cli(&[]).unwrap();
-            assert_eq!(default.sink, SinkSettings::Directory, "directory by default");
+            assert_eq!(
+                default.sink,
+                SinkSettings::Directory,
+                "directory by default"
+            );
             let err = load_cli(&["--sink", "kafka"]).unwrap_err().to_string();
             assert!(err.contains("`kafka_brokers` = ``"), "{err}");
             for (args, key, value) in [
@@ -515,12 +519,26 @@ mod tests {
                     "a:9092, ,b:9092",
                 ),
                 (
-                    &["--sink", "kafka", "--kafka-brokers", "k:9092", "--kafka-topic", "ev ents"][..],
+                    &[
+                        "--sink",
+                        "kafka",
+                        "--kafka-brokers",
+                        "k:9092",
+                        "--kafka-topic",
+                        "ev ents",
+                    ][..],
                     "kafka_topic",
                     "ev ents",
                 ),
                 (
-                    &["--sink", "kafka", "--kafka-brokers", "k:9092", "--kafka-topic", ".."][..],
+                    &[
+                        "--sink",
+                        "kafka",
+                        "--kafka-brokers",
+                        "k:9092",
+                        "--kafka-topic",
+                        "..",
+                    ][..],
                     "kafka_topic",
                     "..",
                 ),
@@ -593,7 +611,10 @@ mod tests {
                 ("no.such.property=1", "no.such.property=1"),
                 ("linger.ms=soon", "linger.ms=soon"),
                 ("acks=1", "acks=1"),
-                ("bootstrap.servers=elsewhere:9092", "bootstrap.servers=elsewhere:9092"),
+                (
+                    "bootstrap.servers=elsewhere:9092",
+                    "bootstrap.servers=elsewhere:9092",
+                ),
                 ("linger.ms=5;linger.ms=6", "linger.ms=6"),
                 ("sasl.password=a;sasl.password=hunter2", "sasl.password=***"),
             ] {
@@ -624,11 +645,17 @@ mod tests {
             );
             jail.set_env("GENERATOR_KAFKA_CLIENT_OPTIONS", "sasl.password=other");
             let err = load_cli(&[]).unwrap_err().to_string();
-            assert!(err.contains("`kafka_sasl_password_file` = `secret`"), "{err}");
+            assert!(
+                err.contains("`kafka_sasl_password_file` = `secret`"),
+                "{err}"
+            );
             jail.set_env("GENERATOR_KAFKA_CLIENT_OPTIONS", "");
             jail.set_env("GENERATOR_KAFKA_SASL_PASSWORD_FILE", "missing");
             let err = load_cli(&[]).unwrap_err().to_string();
-            assert!(err.contains("`kafka_sasl_password_file` = `missing`"), "{err}");
+            assert!(
+                err.contains("`kafka_sasl_password_file` = `missing`"),
+                "{err}"
+            );
             // The directory sink does not read the Kafka keys.
             assert!(load_cli(&["--sink", "directory"]).is_ok());
             Ok(())

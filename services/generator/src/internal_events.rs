@@ -213,8 +213,18 @@ impl GeneratorStarting<'_> {
     pub fn emit(&self) {
         let settings = self.settings;
         let (sink, out, kafka_brokers, kafka_topic) = match &settings.sink {
-            SinkSettings::Directory => ("directory", Some(settings.out.display().to_string()), None, None),
-            SinkSettings::Kafka(kafka) => ("kafka", None, Some(kafka.brokers.as_str()), Some(kafka.topic.as_str())),
+            SinkSettings::Directory => (
+                "directory",
+                Some(settings.out.display().to_string()),
+                None,
+                None,
+            ),
+            SinkSettings::Kafka(kafka) => (
+                "kafka",
+                None,
+                Some(kafka.brokers.as_str()),
+                Some(kafka.topic.as_str()),
+            ),
         };
         tracing::info!(
             seed = settings.seed,

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaFormat, KafkaSettings};
 use crate::internal_events::{
-    KafkaClientError, KafkaClientLog, KafkaProducerReady, Metrics, MessagesDelivered,
-    MessagesFailed,
+    KafkaClientError, KafkaClientLog, KafkaProducerReady, MessagesDelivered, MessagesFailed,
+    Metrics,
 };
 use crate::rows::Row;
 use crate::summary::RowCounts;
@@ -104,7 +104,9 @@ impl KafkaSink {
             .topics()
             .iter()
             .find(|t| t.name() == settings.topic)
-            .with_context(|| format!("the brokers sent no metadata for topic {}", settings.topic))?;
+            .with_context(|| {
+                format!("the brokers sent no metadata for topic {}", settings.topic)
+            })?;
         if let Some(error) = topic.error() {
             anyhow::bail!(
                 "Kafka topic {} (key kafka_topic) cannot be produced to: {}",
@@ -161,7 +163,10 @@ impl KafkaSink {
     /// failures and fails the run otherwise.
     fn settle(&mut self, counts: &RowCounts) -> anyhow::Result<()> {
         let tally = std::mem::take(&mut *self.producer.context().tally());
-        let (written, bytes) = (std::mem::take(&mut self.written), std::mem::take(&mut self.bytes));
+        let (written, bytes) = (
+            std::mem::take(&mut self.written),
+            std::mem::take(&mut self.bytes),
+        );
         let unreported = written.saturating_sub(tally.delivered + tally.failed);
         if tally.failed > 0 || unreported > 0 {
             let error = tally

@@ -117,7 +117,8 @@ mod tests {
     use super::*;
     use event_contract::{parse_record, HeaderLayout, RejectReason, UserId, ValidationContext};
 
-    const LINE: &str = "6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99,2026-11-21T11:59:00Z";
+    const LINE: &str =
+        "6f1c1e36-7c49-4c0e-9b7e-0d5a4fb0c001,42,1001,purchase,19.99,2026-11-21T11:59:00Z";
 
     fn valid_row() -> Row {
         let record = csv::ByteRecord::from(LINE.split(',').collect::<Vec<_>>());
@@ -164,7 +165,12 @@ mod tests {
                 "event_timestamp": "2026-11-21T11:59:00Z",
             })
         );
-        let keys: Vec<&str> = value.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         assert_eq!(keys.len(), 6);
     }
 
