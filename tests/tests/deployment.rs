@@ -478,7 +478,9 @@ fn check_images(env: &Env, dockerfile: &Dockerfile) -> Vec<String> {
 /// attempt, so `docker compose stop` never SIGKILLs a batch that is still committing.
 fn check_stop_grace(config: &Json) -> Vec<String> {
     let mut problems = Vec::new();
-    let ingestors = our_images(config).into_iter().filter(|(_, t)| t == "ingestor");
+    let ingestors = our_images(config)
+        .into_iter()
+        .filter(|(_, t)| t == "ingestor");
     for (name, _) in ingestors {
         let ingestor = &config["services"][&name];
         let grace = ingestor["stop_grace_period"].as_str().and_then(duration_ms);
@@ -629,11 +631,21 @@ fn check_secret_delivery(config: &Json, root: &Path) -> Vec<String> {
 fn check_runtime_packages(dockerfile: &Dockerfile, linked: &[String]) -> Vec<String> {
     let runtime = dockerfile.text.split("AS runtime").nth(1).unwrap_or("");
     let runtime = runtime.split("\nFROM ").next().unwrap_or("");
-    let code: Vec<&str> = runtime.lines().filter(|l| !l.trim().starts_with('#')).collect();
+    let code: Vec<&str> = runtime
+        .lines()
+        .filter(|l| !l.trim().starts_with('#'))
+        .collect();
     let code = code.join("\n").replace("\\\n", " ");
-    let install = code.lines().find(|l| l.contains("apt-get") && l.contains(" install "));
+    let install = code
+        .lines()
+        .find(|l| l.contains("apt-get") && l.contains(" install "));
     let install = install.unwrap_or("");
-    let words = install.split(" install ").nth(1).unwrap_or("").split("&&").next();
+    let words = install
+        .split(" install ")
+        .nth(1)
+        .unwrap_or("")
+        .split("&&")
+        .next();
     let words = words.unwrap_or("").split_whitespace();
     let installed: Vec<&str> = words.filter(|w| !w.starts_with('-')).collect();
     let package = |lib: &String| LINKED_LIBRARIES.iter().find(|(l, _)| l == lib).map(|p| p.1);
@@ -673,12 +685,17 @@ fn check_kafka_profile(plain: &Json, kafka: &Json) -> Vec<String> {
     let service = |name: &str| &kafka["services"][name];
     let env = |name: &str, key: &str| environment(service(name)).remove(key).unwrap_or_default();
     let advertised = env("kafka", "KAFKA_ADVERTISED_LISTENERS");
-    let plaintext = advertised.split(',').find_map(|l| l.strip_prefix("PLAINTEXT://"));
+    let plaintext = advertised
+        .split(',')
+        .find_map(|l| l.strip_prefix("PLAINTEXT://"));
     let plaintext = plaintext.unwrap_or("none");
     let topic = env("generator-kafka", "GENERATOR_KAFKA_TOPIC");
     let format = env("generator-kafka", "GENERATOR_KAFKA_FORMAT");
     let command = strings(&service(KAFKA_INIT)["command"]);
-    let created = command.windows(2).find(|w| w[0] == "--topic").map(|w| w[1].clone());
+    let created = command
+        .windows(2)
+        .find(|w| w[0] == "--topic")
+        .map(|w| w[1].clone());
     let rules = json!({
         "the kafka profile's services": [
             KAFKA_SERVICES.iter().all(|s| service(s)["profiles"] == json!([KAFKA_PROFILE])), true
@@ -704,11 +721,17 @@ fn check_kafka_profile(plain: &Json, kafka: &Json) -> Vec<String> {
 fn linked_libraries() -> Vec<String> {
     let mut libraries = BTreeSet::new();
     for binary in ["generator", "ingestor"] {
-        let output = Command::new("ldd").arg(built_binary(binary)).output().unwrap();
+        let output = Command::new("ldd")
+            .arg(built_binary(binary))
+            .output()
+            .unwrap();
         assert!(output.status.success(), "ldd {binary}: {output:?}");
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            let name = Path::new(name).file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let name = Path::new(name)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("");
             if !name.is_empty() && !name.starts_with("linux-vdso") {
                 libraries.insert(name.to_owned());
             }
@@ -1165,7 +1188,7 @@ fn the_checks_report_a_broken_copy_of_every_file() {
         "service `kafka`: ports (all on 127.0.0.1) is [{\"host_ip\":\"0.0.0.0\"",
         "service `kafka`: cap_drop is null",
         "service `kafka-init`: restart is \"unless-stopped\", must be \"no\"",
-        "service `ingestor`: the same with the kafka profile",
+        "service `ingestor`: missing: the same with the kafka profile",
         "linked libraries no package is known for is [\"libfoo.so.1\"]",
         "packages of linked libraries not installed is [\"libssl3\"]",
         "services/Dockerfile: missing: runtime stage: --no-install-recommends",
