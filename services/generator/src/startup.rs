@@ -63,13 +63,14 @@ impl Application {
         self.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Runs until the configured number of files is written or `shutdown` completes, then
+    /// Runs until the configured number of batches is published or `shutdown` completes, then
     /// stops the HTTP server gracefully and returns what was produced. The file in progress at
-    /// shutdown is discarded, never left half-written.
+    /// shutdown is discarded, never left half-written; Kafka messages already handed to the
+    /// producer are delivered.
     ///
     /// # Errors
-    /// When the output directory cannot be used, a file cannot be written, or the HTTP server
-    /// fails.
+    /// When the sink cannot be opened (directory, brokers, topic), a batch cannot be written
+    /// or published, or the HTTP server fails.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
@@ -141,11 +142,12 @@ impl Application {
     }
 }
 
-/// The write loop without an HTTP server, for library use (tests, benchmarks): files of `rows`
-/// rows, paced to `rate`, until done or cancelled. Metrics go to a registry nobody reads.
+/// The write loop without an HTTP server, for library use (tests, benchmarks): batches of
+/// `rows` rows into the configured sink, paced to `rate`, until done or cancelled. Metrics go
+/// to a registry nobody reads.
 ///
 /// # Errors
-/// When a file cannot be created, written or published.
+/// When the sink cannot be opened, or a batch cannot be written or published.
 pub fn generate(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<RunSummary> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let settings = resolve(settings.clone());
