@@ -107,12 +107,21 @@ impl KafkaSink {
             .with_context(|| {
                 format!("the brokers sent no metadata for topic {}", settings.topic)
             })?;
-        if let Some(error) = topic.error() {
-            anyhow::bail!(
-                "Kafka topic {} (key kafka_topic) cannot be produced to: {}",
-                settings.topic,
-                RDKafkaErrorCode::from(error)
-            );
+        // A topic that does not exist, is not ours or has a bad name will not get better; any
+        // other error (a partition leader being elected just after the topic was created) is
+        // librdkafka's to wait out, as it does for every send.
+        if let Some(error) = topic.error().map(RDKafkaErrorCode::from) {
+            if matches!(
+                error,
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidTopic
+            ) {
+                anyhow::bail!(
+                    "Kafka topic {} (key kafka_topic) cannot be produced to: {error}",
+                    settings.topic
+                );
+            }
         }
         KafkaProducerReady {
             brokers: &settings.brokers,
