@@ -509,6 +509,13 @@ mod tests {
             "never injected, so not a series: {text}"
         );
         assert_eq!(value(&text, "generator_files_total"), 0.0);
+        for series in [
+            "generator_kafka_messages_produced_total",
+            "generator_kafka_messages_failed_total",
+            "generator_kafka_delivery_latency_seconds_count",
+        ] {
+            assert_eq!(value(&text, series), 0.0, "{series}");
+        }
         assert!(
             value(&text, "process_start_time_seconds") > 0.0,
             "the process collector reports this process: {text}"
@@ -523,6 +530,39 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    #[test]
+    fn a_delivered_batch_moves_the_row_counters_and_the_kafka_series() {
+        // Arrange
+        let metrics = Metrics::new().unwrap();
+        let counts = RowCounts {
+            rows: 3,
+            valid: 2,
+            invalid: 1,
+            ..RowCounts::default()
+        };
+        // Act
+        metrics.messages_delivered(&counts, 300, &[0.002, 0.004, 0.2]);
+        metrics.messages_failed(2);
+        // Assert
+        let text = metrics.render();
+        assert_eq!(value(&text, "generator_kafka_messages_produced_total"), 3.0);
+        assert_eq!(value(&text, "generator_kafka_messages_failed_total"), 2.0);
+        assert_eq!(
+            value(&text, "generator_kafka_delivery_latency_seconds_count"),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "generator_kafka_delivery_latency_seconds_bucket{le=\"0.005\"}"
+            ),
+            2.0
+        );
+        assert_eq!(value(&text, "generator_events_total{kind=\"valid\"}"), 2.0);
+        assert_eq!(value(&text, "generator_bytes_total"), 300.0);
+        assert_eq!(value(&text, "generator_files_total"), 0.0, "no file");
     }
 
     #[test]
