@@ -44,14 +44,29 @@ const INSTALL_COMPOSE: &str = "the deployment tests need Docker Compose v2 as a 
     ~/.docker/cli-plugins && ln -s <site-packages>/compose/docker-compose \
     ~/.docker/cli-plugins/docker-compose`";
 
-/// The one-shot job that hands out the passwords; every other service runs until stopped.
+/// The one-shot job that hands out the passwords.
 const ONE_SHOT: &str = "secret-init";
+/// The `kafka` profile's one-shot job that creates the topic.
+const KAFKA_INIT: &str = "kafka-init";
+/// The jobs that run once and exit (no health check, never restarted); every other service
+/// runs until stopped.
+const ONE_SHOTS: [&str; 2] = [ONE_SHOT, KAFKA_INIT];
+/// The profile that adds the Kafka pipeline, and the services it adds (none without it).
+const KAFKA_PROFILE: &str = "kafka";
+const KAFKA_SERVICES: [&str; 4] = ["kafka", KAFKA_INIT, "generator-kafka", "ingestor-kafka"];
 /// Services whose root filesystem stays writable: secret-init (Compose copies `environment:`
-/// secrets into it) and pgAdmin (its entrypoint writes /pgadmin4/config_distro.py).
-const WRITABLE_ROOT: [&str; 2] = [ONE_SHOT, "pgadmin"];
+/// secrets into it), pgAdmin (its entrypoint writes /pgadmin4/config_distro.py) and the Kafka
+/// broker (its entrypoint renders its configuration into /opt/kafka/config, where the image
+/// ships files).
+const WRITABLE_ROOT: [&str; 3] = [ONE_SHOT, "pgadmin", "kafka"];
 /// Restart policies other than `unless-stopped`: a one-shot job must not loop, and a finite
 /// generator run ends with exit 0 and stays ended.
-const RESTART: [(&str, &str); 2] = [(ONE_SHOT, "no"), ("generator", "on-failure")];
+const RESTART: [(&str, &str); 4] = [
+    (ONE_SHOT, "no"),
+    (KAFKA_INIT, "no"),
+    ("generator", "on-failure"),
+    ("generator-kafka", "on-failure"),
+];
 /// The capabilities a service adds back after `cap_drop: [ALL]`, as the compose file documents
 /// them (sorted); every other service adds none.
 const CAP_ADD: [(&str, &str); 3] = [
@@ -72,7 +87,7 @@ const PUBLISHED: [(&str, &str, u16); 4] = [
 /// for postgres, drops to it in the entrypoint).
 const USER: [(&str, &str); 2] = [(ONE_SHOT, "0:0"), ("postgres-exporter", "65534:65534")];
 /// The image variables of `.env` and the official repository each names by default.
-const IMAGES: [(&str, &str); 7] = [
+const IMAGES: [(&str, &str); 8] = [
     ("POSTGRES_IMAGE", "postgres"),
     ("PROMETHEUS_IMAGE", "prom/prometheus"),
     ("GRAFANA_IMAGE", "grafana/grafana"),
@@ -83,6 +98,20 @@ const IMAGES: [(&str, &str); 7] = [
     ),
     ("RUST_IMAGE", "rust"),
     ("DEBIAN_IMAGE", "debian"),
+    ("KAFKA_IMAGE", "apache/kafka"),
+];
+/// The packages the runtime stage installs for the shared libraries our binaries link (by
+/// `ldd`), and the libraries the base image already has (glibc, libgcc): (library, package).
+const LINKED_LIBRARIES: [(&str, &str); 9] = [
+    ("libssl.so.3", "libssl3"),
+    ("libcrypto.so.3", "libssl3"),
+    ("libz.so.1", "zlib1g"),
+    ("libc.so.6", "base"),
+    ("libm.so.6", "base"),
+    ("libgcc_s.so.1", "base"),
+    ("libpthread.so.0", "base"),
+    ("libdl.so.2", "base"),
+    ("ld-linux-x86-64.so.2", "base"),
 ];
 /// The ingestor's `connect_timeout_ms` default: a stop during an outage may wait this long for
 /// a connection before the drain even starts (docs/architecture.md, "Shutdown").
@@ -123,6 +152,12 @@ fn resolve(env: &[(&str, &str)]) -> (Json, String) {
 fn config() -> &'static Json {
     static CONFIG: OnceLock<Json> = OnceLock::new();
     CONFIG.get_or_init(|| resolve(&[]).0)
+}
+
+/// The configuration with the `kafka` profile on (computed once).
+fn kafka_config() -> &'static Json {
+    static CONFIG: OnceLock<Json> = OnceLock::new();
+    CONFIG.get_or_init(|| resolve(&[("COMPOSE_PROFILES", KAFKA_PROFILE)]).0)
 }
 
 /// The `NAME=value` lines of `text`; comments and other lines are left out.
@@ -370,7 +405,7 @@ fn check_hardening(config: &Json) -> Vec<String> {
             "a memory limit": [!s["mem_limit"].is_null() || !limits["memory"].is_null(), true],
             "a CPU limit": [!s["cpus"].is_null() || !limits["cpus"].is_null(), true],
             "log rotation": [[&s["logging"]["driver"], rotated], ["json-file", true]],
-            "a health check": [health.is_some(), name != ONE_SHOT],
+            "a health check": [health.is_some(), !ONE_SHOTS.contains(&name.as_str())],
             "curl (images lack it)": [health.iter().flatten().any(|w| w.contains("curl")), false],
             "init (signals, reaping) for our images": [init, true],
             "bind-mount sources missing": [missing.map(|v| &v["source"]).collect::<Vec<_>>(), []],
@@ -439,17 +474,24 @@ fn check_images(env: &Env, dockerfile: &Dockerfile) -> Vec<String> {
     problems
 }
 
-/// The ingestor's `stop_grace_period` outlasts its drain plus one connection attempt, so
-/// `docker compose stop` never SIGKILLs a batch that is still committing.
+/// Every ingestor service's `stop_grace_period` outlasts its drain plus one connection
+/// attempt, so `docker compose stop` never SIGKILLs a batch that is still committing.
 fn check_stop_grace(config: &Json) -> Vec<String> {
-    let ingestor = &config["services"]["ingestor"];
-    let grace = ingestor["stop_grace_period"].as_str().and_then(duration_ms);
-    let drain = environment(ingestor).remove("INGESTOR_DRAIN_TIMEOUT_MS");
-    let drain = drain.map_or(Some(INGESTOR_DEFAULT_DRAIN_TIMEOUT_MS), |d| d.parse().ok());
-    let wait = drain.map(|drain| drain + INGESTOR_CONNECT_TIMEOUT_MS);
-    let rules = json!({"stop_grace_period > drain + connect timeout": [grace > wait, true]});
-    let at = format!("service `ingestor` ({grace:?} ms, {wait:?} ms)");
-    violations(&at, &rules)
+    let mut problems = Vec::new();
+    let ingestors = our_images(config)
+        .into_iter()
+        .filter(|(_, t)| t == "ingestor");
+    for (name, _) in ingestors {
+        let ingestor = &config["services"][&name];
+        let grace = ingestor["stop_grace_period"].as_str().and_then(duration_ms);
+        let drain = environment(ingestor).remove("INGESTOR_DRAIN_TIMEOUT_MS");
+        let drain = drain.map_or(Some(INGESTOR_DEFAULT_DRAIN_TIMEOUT_MS), |d| d.parse().ok());
+        let wait = drain.map(|drain| drain + INGESTOR_CONNECT_TIMEOUT_MS);
+        let rules = json!({"stop_grace_period > drain + connect timeout": [grace > wait, true]});
+        let at = format!("service `{name}` ({grace:?} ms, {wait:?} ms)");
+        problems.extend(violations(&at, &rules));
+    }
+    problems
 }
 
 /// No `# syntax=` line (it pulls a frontend image); every `FROM` is an earlier stage or a global
@@ -580,6 +622,122 @@ fn check_secret_delivery(config: &Json, root: &Path) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The runtime stage installs, with `apt-get install --no-install-recommends` and without
+/// leaving the package lists behind, the package of every shared library the binaries link
+/// (`linked`, from `ldd`) that the base image lacks; a library [`LINKED_LIBRARIES`] does not
+/// know is a problem too (someone must decide which package brings it).
+fn check_runtime_packages(dockerfile: &Dockerfile, linked: &[String]) -> Vec<String> {
+    let runtime = dockerfile.text.split("AS runtime").nth(1).unwrap_or("");
+    let runtime = runtime.split("\nFROM ").next().unwrap_or("");
+    let code: Vec<&str> = runtime
+        .lines()
+        .filter(|l| !l.trim().starts_with('#'))
+        .collect();
+    let code = code.join("\n").replace("\\\n", " ");
+    let install = code
+        .lines()
+        .find(|l| l.contains("apt-get") && l.contains(" install "));
+    let install = install.unwrap_or("");
+    let words = install
+        .split(" install ")
+        .nth(1)
+        .unwrap_or("")
+        .split("&&")
+        .next();
+    let words = words.unwrap_or("").split_whitespace();
+    let installed: Vec<&str> = words.filter(|w| !w.starts_with('-')).collect();
+    let package = |lib: &String| LINKED_LIBRARIES.iter().find(|(l, _)| l == lib).map(|p| p.1);
+    let unknown = linked.iter().filter(|lib| package(lib).is_none());
+    let needed = linked.iter().filter_map(package).filter(|p| *p != "base");
+    let missing = needed.filter(|p| !installed.contains(p));
+    let mut missing: Vec<&str> = missing.collect();
+    missing.dedup();
+    let rules = json!({
+        "runtime stage: linked libraries no package is known for": [
+            unknown.collect::<Vec<_>>(), []
+        ],
+        "runtime stage: packages of linked libraries not installed": [missing, []],
+        "runtime stage: --no-install-recommends": [
+            install.contains("--no-install-recommends"), true
+        ],
+        "runtime stage: the package lists removed": [
+            code.contains("rm -rf /var/lib/apt/lists/*"), true
+        ],
+    });
+    violations(DOCKERFILE, &rules)
+}
+
+/// The `kafka` profile only adds its services (the default configuration `plain` has none of
+/// them and every service of it is the same in `kafka`), and the Kafka pipeline's ends agree:
+/// the generator and the ingestor reach the broker at its advertised listener, the ingestor
+/// reads the topic kafka-init creates in the format the generator writes.
+fn check_kafka_profile(plain: &Json, kafka: &Json) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, service) in services(plain) {
+        let rules = json!({
+            "in the default configuration": [KAFKA_SERVICES.contains(&name.as_str()), false],
+            "the same with the kafka profile": [&kafka["services"][name] == service, true],
+        });
+        problems.extend(violations(&format!("service `{name}`"), &rules));
+    }
+    let service = |name: &str| &kafka["services"][name];
+    let env = |name: &str, key: &str| environment(service(name)).remove(key).unwrap_or_default();
+    let advertised = env("kafka", "KAFKA_ADVERTISED_LISTENERS");
+    let plaintext = advertised
+        .split(',')
+        .find_map(|l| l.strip_prefix("PLAINTEXT://"));
+    let plaintext = plaintext.unwrap_or("none");
+    let topic = env("generator-kafka", "GENERATOR_KAFKA_TOPIC");
+    let format = env("generator-kafka", "GENERATOR_KAFKA_FORMAT");
+    let command = strings(&service(KAFKA_INIT)["command"]);
+    let created = command
+        .windows(2)
+        .find(|w| w[0] == "--topic")
+        .map(|w| w[1].clone());
+    let rules = json!({
+        "the kafka profile's services": [
+            KAFKA_SERVICES.iter().all(|s| service(s)["profiles"] == json!([KAFKA_PROFILE])), true
+        ],
+        "generator-kafka: GENERATOR_SINK": [env("generator-kafka", "GENERATOR_SINK"), "kafka"],
+        "generator-kafka: GENERATOR_KAFKA_BROKERS = the broker's PLAINTEXT listener": [
+            env("generator-kafka", "GENERATOR_KAFKA_BROKERS"), plaintext
+        ],
+        "ingestor-kafka: INGESTOR_SOURCE": [env("ingestor-kafka", "INGESTOR_SOURCE"), "kafka"],
+        "ingestor-kafka: INGESTOR_KAFKA_BROKERS = the broker's PLAINTEXT listener": [
+            env("ingestor-kafka", "INGESTOR_KAFKA_BROKERS"), plaintext
+        ],
+        "ingestor-kafka: INGESTOR_KAFKA_TOPICS = generator-kafka's topic:format": [
+            env("ingestor-kafka", "INGESTOR_KAFKA_TOPICS"), format!("{topic}:{format}")
+        ],
+        "kafka-init: --topic = generator-kafka's topic": [created, topic],
+    });
+    problems.extend(violations("profile `kafka`", &rules));
+    problems
+}
+
+/// Every shared library the built generator and ingestor link, by file name (`ldd`).
+fn linked_libraries() -> Vec<String> {
+    let mut libraries = BTreeSet::new();
+    for binary in ["generator", "ingestor"] {
+        let output = Command::new("ldd")
+            .arg(built_binary(binary))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "ldd {binary}: {output:?}");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let name = Path::new(name)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("");
+            if !name.is_empty() && !name.starts_with("linux-vdso") {
+                libraries.insert(name.to_owned());
+            }
+        }
+    }
+    libraries.into_iter().collect()
 }
 
 /// `path` if it is a file, else every file below it.
@@ -756,6 +914,28 @@ fn generator_health_check_passes_against_a_running_generator_and_fails_without_o
 }
 
 #[test]
+fn generator_accepts_the_kafka_profile_environment() {
+    // Arrange: generator-kafka's resolved environment, with a private port.
+    let service = &kafka_config()["services"]["generator-kafka"];
+    let mut test = healthcheck(service).expect("generator-kafka health check");
+    test.remove(0);
+    test[0] = built_binary(&test[0]);
+    let mut env = environment(service);
+    env.insert(
+        "GENERATOR_LISTEN".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+
+    // Act: the health check loads every setting (the Kafka ones checked, librdkafka not yet
+    // started), then finds no generator on that port.
+    let (code, stderr) = run(&test, &env);
+
+    // Assert: exit 1 (not running), not 2 (settings rejected).
+    assert_eq!(code, Some(1), "2: settings rejected: {stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
+#[test]
 fn ingestor_accepts_the_compose_environment() {
     // Arrange: the ingestor's resolved environment, with local paths for the container's.
     let service = &config()["services"]["ingestor"];
@@ -792,6 +972,10 @@ fn read(path: &str) -> String {
 struct Inputs {
     /// What `docker compose config` resolves.
     config: Json,
+    /// The same with the `kafka` profile on.
+    kafka_config: Json,
+    /// The shared libraries the built binaries link.
+    linked: Vec<String>,
     /// The variables of `.env`.
     env: Env,
     /// The variables the compose file uses.
@@ -807,6 +991,8 @@ impl Inputs {
     fn real() -> Inputs {
         Inputs {
             config: config().clone(),
+            kafka_config: kafka_config().clone(),
+            linked: linked_libraries(),
             env: dotenv(),
             used: used_variables(config()),
             dockerfile: read(DOCKERFILE),
@@ -816,21 +1002,32 @@ impl Inputs {
 
     /// What every rule reports; `delivered` is what secret-init wrote (see [`run_secret_init`]).
     fn problems(&self, delivered: &Path) -> Vec<String> {
-        let (config, env) = (&self.config, &self.env);
+        let env = &self.env;
         let dockerfile = &Dockerfile::parse(&self.dockerfile);
-        [
-            check_ports(config, env),
-            check_hardening(config),
-            check_dependencies(config),
+        let mut problems = vec![
             check_variables(env, &self.used),
             check_images(env, dockerfile),
-            check_stop_grace(config),
-            check_dockerfile(config, dockerfile),
             check_build_line(dockerfile, &workspace_binaries()),
             check_dockerignore([&self.ignore[0], &self.ignore[1]], &workspace_root()),
-            check_secret_delivery(config, delivered),
-        ]
-        .concat()
+            check_runtime_packages(dockerfile, &self.linked),
+            check_kafka_profile(&self.config, &self.kafka_config),
+        ];
+        // Every rule about services, for the default stack and with the kafka profile on.
+        for config in [&self.config, &self.kafka_config] {
+            problems.extend([
+                check_ports(config, env),
+                check_hardening(config),
+                check_dependencies(config),
+                check_stop_grace(config),
+                check_dockerfile(config, dockerfile),
+                check_secret_delivery(config, delivered),
+            ]);
+        }
+        // A rule broken in a service both configurations share is reported once.
+        let mut seen = BTreeSet::new();
+        let mut problems = problems.concat();
+        problems.retain(|problem| seen.insert(problem.clone()));
+        problems
     }
 }
 
@@ -848,8 +1045,11 @@ fn the_real_files_follow_every_rule() {
     // Act
     let mut problems = Inputs::real().problems(delivered.path());
     problems.extend(check_ports(&resolve(&env).0, &other));
-    // Compose's own warnings (an unset variable, an obsolete key) are problems too.
+    // Compose's own warnings (an unset variable, an obsolete key) are problems too, with the
+    // kafka profile on as well.
     problems.extend(Some(resolve(&[]).1).filter(|warnings| !warnings.trim().is_empty()));
+    let profile = [("COMPOSE_PROFILES", KAFKA_PROFILE)];
+    problems.extend(Some(resolve(&profile).1).filter(|warnings| !warnings.trim().is_empty()));
 
     // Assert
     let problems = problems.join("\n  - ");
@@ -893,6 +1093,19 @@ fn the_checks_report_a_broken_copy_of_every_file() {
             object => object[key] = value.clone(),
         }
     }
+    // ... of the configuration with the kafka profile ...
+    let kafka_breaks = json!({
+        "/services/generator-kafka/environment/GENERATOR_KAFKA_BROKERS": "localhost:9092",
+        "/services/ingestor-kafka/environment/INGESTOR_KAFKA_TOPICS": "other:json",
+        "/services/kafka/ports": [{"host_ip": "0.0.0.0", "target": 9092, "published": "9092"}],
+        "/services/kafka/cap_drop": null,
+        "/services/kafka-init/restart": "unless-stopped",
+    });
+    for (pointer, value) in kafka_breaks.as_object().unwrap() {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        broken.kafka_config.pointer_mut(parent).unwrap()[key] = value.clone();
+    }
+    broken.linked.push("libfoo.so.1".into());
     // ... of .env as Compose read it and of what the compose file uses ...
     let env = "DEAD_KNOB=1\nGRAFANA_IMAGE=grafana/grafana\nPGADMIN_IMAGE=dpage/pgadmin4:latest\n\
         POSTGRES_IMAGE=local/postgres:17\nPOSTGRES_HOST_PORT=15432";
@@ -911,6 +1124,10 @@ fn the_checks_report_a_broken_copy_of_every_file() {
         ("STOPSIGNAL SIGTERM", "STOPSIGNAL SIGINT"),
         ("[\"/usr/local/bin/ingestor\"]", "/usr/local/bin/ingestor"),
         ("-p generator -p ingestor\nRUN", "-p generator\nRUN"),
+        (
+            "--no-install-recommends \\\n        libssl3 zlib1g",
+            "\\\n        zlib1g",
+        ),
     ];
     let dockerfile = format!("# syntax=docker/dockerfile:1\n{}", broken.dockerfile);
     let dockerfile = edits.into_iter().fold(dockerfile, replace);
@@ -966,6 +1183,15 @@ fn the_checks_report_a_broken_copy_of_every_file() {
         "services/Dockerfile.dockerignore: missing: equal to .dockerignore",
         "letting in target, bench, data, .git, .env is [\"target\"]",
         "service `ingestor`: /run/secrets/nope not delivered privately",
+        "GENERATOR_KAFKA_BROKERS = the broker's PLAINTEXT listener is \"localhost:9092\"",
+        "INGESTOR_KAFKA_TOPICS = generator-kafka's topic:format is \"other:json\"",
+        "service `kafka`: ports (all on 127.0.0.1) is [{\"host_ip\":\"0.0.0.0\"",
+        "service `kafka`: cap_drop is null",
+        "service `kafka-init`: restart is \"unless-stopped\", must be \"no\"",
+        "service `ingestor`: missing: the same with the kafka profile",
+        "linked libraries no package is known for is [\"libfoo.so.1\"]",
+        "packages of linked libraries not installed is [\"libssl3\"]",
+        "services/Dockerfile: missing: runtime stage: --no-install-recommends",
     ] {
         assert!(
             problems.iter().any(|p| p.contains(needle)),

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::config::LogFormat;
+use crate::config::{KafkaFormat, LogFormat, SinkKind};
 
-/// Writes realistic synthetic e-commerce event CSV files into a directory, atomically.
+/// Writes realistic synthetic e-commerce event CSV files into a directory, atomically, or
+/// produces the same events to a Kafka topic.
 ///
 /// Every flag can also be set as `GENERATOR_<FLAG>` (e.g. `GENERATOR_RATE=5000`) or in a TOML
 /// file given with `--config`; flags win over the environment, which wins over the file.
@@ -81,6 +82,22 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Where rows go: CSV files in --out, or Kafka messages [default: directory].
+    #[arg(long, value_enum, value_name = "SINK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkKind>,
+    /// Kafka bootstrap servers, host:port[,host:port...] (required with --sink kafka).
+    #[arg(long, value_name = "BROKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic to produce to [default: events].
+    #[arg(long, value_name = "TOPIC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_topic: Option<String>,
+    /// Kafka message format [default: csv].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_format: Option<KafkaFormat>,
     /// Without a command, the generator runs.
     #[command(subcommand)]
     #[serde(skip)]

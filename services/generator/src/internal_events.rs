@@ -2,9 +2,12 @@
 //! `internal_events`): the Prometheus registry it owns, and one type per event, whose `emit`
 //! logs it and moves its metrics.
 //!
-//! Counters move once per **published** file, from that file's [`RowCounts`], never per row: the
-//! write loop is hot, and a reader can only ever see rows of published files, so the counters
-//! count exactly what downstream can see (a file discarded at shutdown is never counted).
+//! Counters move once per **published** batch, from that batch's [`RowCounts`], never per row:
+//! the write loop is hot, and a reader can only ever see rows of published batches (a file
+//! renamed into the directory, or a run of Kafka messages all acknowledged by the brokers), so
+//! the counters count exactly what downstream can see (a file discarded at shutdown is never
+//! counted). The Kafka sink's delivery latencies are gathered per batch too and observed into
+//! the histogram when the batch is settled.
 //!
 //! Metric names follow `generator_<what>_<unit>`, counters end in `_total`, and label values come
 //! from bounded sets (row kinds, reason codes), never from file names. The process collector's
@@ -15,11 +18,13 @@ use std::path::Path;
 
 use event_contract::RejectReason;
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use service_support::{counter_vec, register, register_process_metrics};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use service_support::{counter_vec, histogram, register, register_process_metrics};
 
-use crate::config::Settings;
+use crate::config::{KafkaFormat, Settings, SinkSettings};
 use crate::rows::is_injected;
 use crate::summary::{RowCounts, RunSummary};
 
@@ -32,6 +37,12 @@ const KIND_DUPLICATE: &str = "duplicate";
 /// Rows that break the contract.
 const KIND_INVALID: &str = "invalid";
 
+/// Buckets of `generator_kafka_delivery_latency_seconds`: from a broker on the same host (a
+/// millisecond) to one that is failing over (tens of seconds).
+const DELIVERY_LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// The generator's metrics. Cloning is cheap: every metric is shared, so a clone handed to the
 /// write loop's thread updates the same series the HTTP server renders.
 #[derive(Clone)]
@@ -43,6 +54,9 @@ pub struct Metrics {
     files: IntCounter,
     bytes: IntCounter,
     target_rate: Gauge,
+    kafka_produced: IntCounter,
+    kafka_failed: IntCounter,
+    kafka_delivery_latency: Histogram,
 }
 
 impl Metrics {
@@ -94,7 +108,7 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     "generator_bytes_total",
-                    "Bytes of published files, headers included.",
+                    "Bytes published: files with their headers, or Kafka message payloads.",
                 )?,
             )?,
             target_rate: register(
@@ -103,6 +117,26 @@ impl Metrics {
                     "generator_target_rate_events_per_second",
                     "The configured target rate in rows per second.",
                 )?,
+            )?,
+            kafka_produced: register(
+                &registry,
+                IntCounter::new(
+                    "generator_kafka_messages_produced_total",
+                    "Kafka messages acknowledged by the brokers (sink kafka).",
+                )?,
+            )?,
+            kafka_failed: register(
+                &registry,
+                IntCounter::new(
+                    "generator_kafka_messages_failed_total",
+                    "Kafka messages the producer refused or could not deliver (sink kafka).",
+                )?,
+            )?,
+            kafka_delivery_latency: histogram(
+                &registry,
+                "generator_kafka_delivery_latency_seconds",
+                "Time from handing a Kafka message to the producer to its acknowledgment.",
+                &DELIVERY_LATENCY_BUCKETS,
             )?,
             registry,
         })
@@ -116,6 +150,27 @@ impl Metrics {
     /// Counts one published file of `bytes` bytes holding `counts` rows.
     pub fn file_published(&self, counts: &RowCounts, bytes: u64) {
         self.files.inc();
+        self.rows_published(counts, bytes);
+    }
+
+    /// Counts one batch of Kafka messages, all acknowledged: `counts` rows, `bytes` of payload,
+    /// and each message's delivery latency in seconds.
+    pub fn messages_delivered(&self, counts: &RowCounts, bytes: u64, latencies: &[f64]) {
+        self.kafka_produced.inc_by(counts.rows);
+        let local = self.kafka_delivery_latency.local();
+        for seconds in latencies {
+            local.observe(*seconds);
+        }
+        local.flush();
+        self.rows_published(counts, bytes);
+    }
+
+    /// Counts Kafka messages that were not delivered.
+    pub fn messages_failed(&self, failed: u64) {
+        self.kafka_failed.inc_by(failed);
+    }
+
+    fn rows_published(&self, counts: &RowCounts, bytes: u64) {
         self.bytes.inc_by(bytes);
         for (kind, n) in [
             (KIND_VALID, counts.valid),
@@ -157,9 +212,26 @@ impl GeneratorStarting<'_> {
     /// Logs.
     pub fn emit(&self) {
         let settings = self.settings;
+        let (sink, out, kafka_brokers, kafka_topic) = match &settings.sink {
+            SinkSettings::Directory => (
+                "directory",
+                Some(settings.out.display().to_string()),
+                None,
+                None,
+            ),
+            SinkSettings::Kafka(kafka) => (
+                "kafka",
+                None,
+                Some(kafka.brokers.as_str()),
+                Some(kafka.topic.as_str()),
+            ),
+        };
         tracing::info!(
             seed = settings.seed,
-            out = %settings.out.display(),
+            sink,
+            out,
+            kafka_brokers,
+            kafka_topic,
             rate = settings.rate,
             rows = settings.rows,
             files = settings.files,
@@ -185,6 +257,135 @@ impl FilePublished<'_> {
     pub fn emit(&self, m: &Metrics) {
         tracing::debug!(path = %self.path.display(), rows = self.counts.rows, bytes = self.bytes, "File published");
         m.file_published(self.counts, self.bytes);
+    }
+}
+
+/// The Kafka producer is set up and the brokers know the topic.
+pub struct KafkaProducerReady<'a> {
+    /// The bootstrap servers.
+    pub brokers: &'a str,
+    /// The topic.
+    pub topic: &'a str,
+    /// How many partitions the topic has.
+    pub partitions: usize,
+    /// The message format.
+    pub format: KafkaFormat,
+}
+
+impl KafkaProducerReady<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::info!(
+            brokers = self.brokers,
+            topic = self.topic,
+            partitions = self.partitions,
+            format = ?self.format,
+            "Kafka producer ready"
+        );
+    }
+}
+
+/// A batch of Kafka messages was acknowledged in full: a consumer can read every one.
+pub struct MessagesDelivered<'a> {
+    /// Its rows by kind.
+    pub counts: &'a RowCounts,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Each message's delivery latency in seconds.
+    pub latencies: &'a [f64],
+}
+
+impl MessagesDelivered<'_> {
+    /// Logs (at debug: one line per batch) and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::debug!(
+            messages = self.counts.rows,
+            bytes = self.bytes,
+            "Kafka messages delivered"
+        );
+        m.messages_delivered(self.counts, self.bytes, self.latencies);
+    }
+}
+
+/// Kafka messages were refused by the producer or not acknowledged in time: they are lost, and
+/// the run fails.
+pub struct MessagesFailed<'a> {
+    /// Messages not delivered.
+    pub failed: u64,
+    /// Messages of the same batch that were delivered.
+    pub delivered: u64,
+    /// The first error.
+    pub error: &'a str,
+}
+
+impl MessagesFailed<'_> {
+    /// Logs and counts.
+    pub fn emit(&self, m: &Metrics) {
+        tracing::error!(
+            failed = self.failed,
+            delivered = self.delivered,
+            error = self.error,
+            "Kafka messages not delivered"
+        );
+        m.messages_failed(self.failed);
+    }
+}
+
+/// A log line of librdkafka's, at its level (librdkafka logs connection trouble itself, and
+/// keeps retrying).
+pub struct KafkaClientLog<'a> {
+    /// librdkafka's level.
+    pub level: RDKafkaLogLevel,
+    /// Its facility (e.g. `FAIL`, `BROKER`).
+    pub facility: &'a str,
+    /// The line.
+    pub message: &'a str,
+}
+
+impl KafkaClientLog<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        let (facility, message) = (self.facility, self.message);
+        match self.level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+        }
+    }
+}
+
+/// A client-level error librdkafka reports (all brokers down, authentication failed, a fatal
+/// idempotence error). Most are transient and retried; a fatal one fails the next send.
+pub struct KafkaClientError<'a> {
+    /// The error.
+    pub error: &'a KafkaError,
+    /// librdkafka's explanation.
+    pub reason: &'a str,
+}
+
+impl KafkaClientError<'_> {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::warn!(error = %self.error, reason = self.reason, "Kafka client error");
+    }
+}
+
+/// The run stopped in the middle of a file: its rows are thrown away with the temp file.
+pub struct FileDiscarded {
+    /// Rows written into it.
+    pub rows: u64,
+}
+
+impl FileDiscarded {
+    /// Logs.
+    pub fn emit(&self) {
+        tracing::info!(rows = self.rows, "Discarding the file in progress");
     }
 }
 
@@ -228,13 +429,14 @@ impl GeneratorFailed<'_> {
     }
 }
 
-/// SIGINT or SIGTERM: the file being written is discarded, never published half-written.
+/// SIGINT or SIGTERM: the file being written is discarded, never published half-written; Kafka
+/// messages already handed to the producer are delivered (they cannot be taken back).
 pub struct ShutdownRequested;
 
 impl ShutdownRequested {
     /// Logs.
     pub fn emit(&self) {
-        tracing::info!("Shutdown requested; discarding the file in progress");
+        tracing::info!("Shutdown requested; the file in progress is discarded, Kafka messages already produced are flushed");
     }
 }
 
@@ -307,6 +509,13 @@ mod tests {
             "never injected, so not a series: {text}"
         );
         assert_eq!(value(&text, "generator_files_total"), 0.0);
+        for series in [
+            "generator_kafka_messages_produced_total",
+            "generator_kafka_messages_failed_total",
+            "generator_kafka_delivery_latency_seconds_count",
+        ] {
+            assert_eq!(value(&text, series), 0.0, "{series}");
+        }
         assert!(
             value(&text, "process_start_time_seconds") > 0.0,
             "the process collector reports this process: {text}"
@@ -321,6 +530,39 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    #[test]
+    fn a_delivered_batch_moves_the_row_counters_and_the_kafka_series() {
+        // Arrange
+        let metrics = Metrics::new().unwrap();
+        let counts = RowCounts {
+            rows: 3,
+            valid: 2,
+            invalid: 1,
+            ..RowCounts::default()
+        };
+        // Act
+        metrics.messages_delivered(&counts, 300, &[0.002, 0.004, 0.2]);
+        metrics.messages_failed(2);
+        // Assert
+        let text = metrics.render();
+        assert_eq!(value(&text, "generator_kafka_messages_produced_total"), 3.0);
+        assert_eq!(value(&text, "generator_kafka_messages_failed_total"), 2.0);
+        assert_eq!(
+            value(&text, "generator_kafka_delivery_latency_seconds_count"),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "generator_kafka_delivery_latency_seconds_bucket{le=\"0.005\"}"
+            ),
+            2.0
+        );
+        assert_eq!(value(&text, "generator_events_total{kind=\"valid\"}"), 2.0);
+        assert_eq!(value(&text, "generator_bytes_total"), 300.0);
+        assert_eq!(value(&text, "generator_files_total"), 0.0, "no file");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use chrono::{DateTime, Duration, Utc};
-use event_contract::{Event, EventId, EventTimestamp, RejectReason};
+use event_contract::{Event, EventId, EventTimestamp, RejectReason, UserId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,7 +51,21 @@ pub enum Row {
         reason: RejectReason,
         /// The raw fields to write.
         fields: Vec<Vec<u8>>,
+        /// The user of the event the row was broken from: a Kafka message's key, so that even
+        /// a broken row lands in its user's partition, in order.
+        user_id: UserId,
     },
+}
+
+impl Row {
+    /// The user the row belongs to (for an invalid row, the user of the event it was made
+    /// from, whatever its `user_id` field now holds).
+    pub fn user_id(&self) -> UserId {
+        match self {
+            Row::Valid { event, .. } | Row::Duplicate(event) => event.user_id,
+            Row::Invalid { user_id, .. } => *user_id,
+        }
+    }
 }
 
 /// Produces the rows, in order.
@@ -100,6 +114,7 @@ impl RowSource {
             return Row::Invalid {
                 reason,
                 fields: faults::corrupt(&event, reason, &mut self.rng),
+                user_id: event.user_id,
             };
         }
         if draw < self.invalid_ratio + self.duplicate_ratio && !self.recent.is_empty() {
@@ -166,7 +181,7 @@ mod tests {
         let ctx = ValidationContext::now();
         let mut seen = std::collections::BTreeSet::new();
         for index in 0..5_000 {
-            let Row::Invalid { reason, fields } = source.next_row(index) else {
+            let Row::Invalid { reason, fields, .. } = source.next_row(index) else {
                 panic!("invalid_ratio 1.0 must give only invalid rows");
             };
             let record = csv::ByteRecord::from(fields);

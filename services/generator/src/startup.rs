@@ -14,14 +14,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
-use crate::internal_events::{
-    FilePublished, GeneratorStarting, HttpDrainTimedOut, Metrics, ShutdownRequested,
-};
+use crate::config::{Settings, SinkSettings};
+use crate::internal_events::{GeneratorStarting, HttpDrainTimedOut, Metrics, ShutdownRequested};
 use crate::pacing::Pacer;
 use crate::routes::{router, AppState};
-use crate::rows::{Row, RowSource};
-use crate::sink::{FileSink, PendingFile};
+use crate::rows::RowSource;
+use crate::sink::{DirectorySink, KafkaSink, Sink, Stopped};
 use crate::summary::{RowCounts, RunSummary};
 
 /// How long the HTTP server may take to finish requests in flight once the loop has stopped;
@@ -65,13 +63,14 @@ impl Application {
         self.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Runs until the configured number of files is written or `shutdown` completes, then
+    /// Runs until the configured number of batches is published or `shutdown` completes, then
     /// stops the HTTP server gracefully and returns what was produced. The file in progress at
-    /// shutdown is discarded, never left half-written.
+    /// shutdown is discarded, never left half-written; Kafka messages already handed to the
+    /// producer are delivered.
     ///
     /// # Errors
-    /// When the output directory cannot be used, a file cannot be written, or the HTTP server
-    /// fails.
+    /// When the sink cannot be opened (directory, brokers, topic), a batch cannot be written
+    /// or published, or the HTTP server fails.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
@@ -143,11 +142,12 @@ impl Application {
     }
 }
 
-/// The write loop without an HTTP server, for library use (tests, benchmarks): files of `rows`
-/// rows, paced to `rate`, until done or cancelled. Metrics go to a registry nobody reads.
+/// The write loop without an HTTP server, for library use (tests, benchmarks): batches of
+/// `rows` rows into the configured sink, paced to `rate`, until done or cancelled. Metrics go
+/// to a registry nobody reads.
 ///
 /// # Errors
-/// When a file cannot be created, written or published.
+/// When the sink cannot be opened, or a batch cannot be written or published.
 pub fn generate(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<RunSummary> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let settings = resolve(settings.clone());
@@ -167,20 +167,38 @@ fn resolve(mut settings: Settings) -> Settings {
     settings
 }
 
-/// The write loop, counting each published file into `metrics` (once per file, never per row).
-/// Does not log the start-up line; the summary carries the seed.
+/// The write loop, counting each published batch into `metrics` (once per batch, never per
+/// row). Does not log the start-up line; the summary carries the seed.
 ///
 /// # Errors
-/// When a file cannot be created, written or published.
+/// When the sink cannot be opened, or a batch cannot be written or published.
 pub fn generate_with_metrics(
     settings: &Settings,
     cancel: &CancellationToken,
     metrics: &Metrics,
 ) -> anyhow::Result<RunSummary> {
+    metrics.set_target_rate(settings.rate);
+    match &settings.sink {
+        SinkSettings::Directory => {
+            let sink = DirectorySink::open(&settings.out, metrics.clone())?;
+            write_batches(settings, cancel, sink)
+        }
+        SinkSettings::Kafka(kafka) => {
+            let sink = KafkaSink::connect(kafka, metrics.clone())?;
+            write_batches(settings, cancel, sink)
+        }
+    }
+}
+
+/// Batches of `rows` rows into `sink`, paced to `rate`, until `files` batches are published or
+/// `cancel` fires.
+fn write_batches(
+    settings: &Settings,
+    cancel: &CancellationToken,
+    mut sink: impl Sink,
+) -> anyhow::Result<RunSummary> {
     let seed = settings.seed.unwrap_or_else(rand::random);
     let start = settings.start_time.unwrap_or_else(Utc::now);
-    metrics.set_target_rate(settings.rate);
-    let mut sink = FileSink::open(&settings.out)?;
     let mut source = RowSource::new(settings, seed, start);
     let pacer = Pacer::new(settings.rate);
     let mut summary = RunSummary {
@@ -189,11 +207,11 @@ pub fn generate_with_metrics(
     };
     let mut next_row = 0u64;
     while settings.files == 0 || summary.files < settings.files {
-        let mut pending = sink.begin()?;
+        sink.begin()?;
         let mut counts = RowCounts::default();
         let finished = write_rows(
             settings.rows,
-            &mut pending,
+            &mut sink,
             &mut counts,
             &mut source,
             &pacer,
@@ -201,18 +219,13 @@ pub fn generate_with_metrics(
             cancel,
         )?;
         if !finished {
-            summary.discarded_rows = counts.rows;
+            match sink.stop(&counts)? {
+                Stopped::Discarded => summary.discarded_rows = counts.rows,
+                Stopped::Delivered => summary.published.add(&counts),
+            }
             break;
         }
-        let path = pending.publish(sink.dir())?;
-        // One stat per file; a failure only loses the byte count, never the file.
-        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        FilePublished {
-            path: &path,
-            counts: &counts,
-            bytes,
-        }
-        .emit(metrics);
+        sink.publish(&counts, cancel)?;
         summary.files += 1;
         summary.published.add(&counts);
     }
@@ -220,27 +233,22 @@ pub fn generate_with_metrics(
     Ok(summary)
 }
 
-/// Writes one file's rows; `false` when cancelled before the file was complete.
+/// Writes one batch's rows; `false` when cancelled before the batch was complete.
 fn write_rows(
     rows: u64,
-    pending: &mut PendingFile,
+    sink: &mut impl Sink,
     counts: &mut RowCounts,
     source: &mut RowSource,
     pacer: &Pacer,
     next_row: &mut u64,
     cancel: &CancellationToken,
 ) -> anyhow::Result<bool> {
-    let writer = pending.writer()?;
     for _ in 0..rows {
         if !pacer.wait_for(*next_row, cancel) {
             return Ok(false);
         }
         let row = source.next_row(*next_row);
-        match &row {
-            Row::Valid { event, .. } | Row::Duplicate(event) => writer.write_event(event),
-            Row::Invalid { fields, .. } => writer.write_raw(fields),
-        }
-        .context("cannot write row")?;
+        sink.write(&row)?;
         counts.count(&row);
         *next_row += 1;
     }

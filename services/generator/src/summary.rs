@@ -61,11 +61,14 @@ impl RowCounts {
 pub struct RunSummary {
     /// The seed used (given or drawn), to reproduce the run.
     pub seed: u64,
-    /// Files published.
+    /// Batches published: files (sink `directory`), or runs of `rows` messages all acknowledged
+    /// (sink `kafka`).
     pub files: u64,
-    /// Rows in published files.
+    /// Rows in published batches (with sink `kafka`, also the messages of an unfinished batch
+    /// flushed at shutdown).
     pub published: RowCounts,
-    /// Rows of an unfinished file discarded at shutdown (never visible to readers).
+    /// Rows of an unfinished file discarded at shutdown (never visible to readers; always 0 with
+    /// sink `kafka`).
     pub discarded_rows: u64,
     /// Wall-clock seconds the run took.
     pub elapsed_seconds: f64,

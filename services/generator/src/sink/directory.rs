@@ -1,6 +1,6 @@
-//! Publishing files atomically: write under a hidden temp name in the output directory, fsync,
-//! then rename it to its final name (never replacing another file), so a reader never sees a partial file and a crash never
-//! leaves a visible one.
+//! The directory sink, publishing files atomically: write under a hidden temp name in the
+//! output directory, fsync, then rename it to its final name (never replacing another file), so
+//! a reader never sees a partial file and a crash never leaves a visible one.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
@@ -10,7 +10,13 @@ use anyhow::Context;
 use chrono::Utc;
 use event_contract::EventWriter;
 
-use crate::internal_events::{StaleTempFileRemoved, TempFileNotRemoved};
+use crate::internal_events::{
+    FileDiscarded, FilePublished, Metrics, StaleTempFileRemoved, TempFileNotRemoved,
+};
+use crate::rows::Row;
+use crate::summary::RowCounts;
+
+use super::{Sink, Stopped};
 
 /// Prefix of temp files: hidden (leading dot), so watchers ignore them.
 const TEMP_PREFIX: &str = ".events_";
@@ -178,6 +184,74 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
+
+/// The directory sink: one file per batch, published when the batch is complete and discarded
+/// when the run stops in the middle of one.
+pub struct DirectorySink {
+    files: FileSink,
+    pending: Option<PendingFile>,
+    metrics: Metrics,
+}
+
+impl DirectorySink {
+    /// Opens the output directory (see [`FileSink::open`]); `metrics` counts published files.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or listed.
+    pub fn open(dir: &Path, metrics: Metrics) -> anyhow::Result<Self> {
+        Ok(DirectorySink {
+            files: FileSink::open(dir)?,
+            pending: None,
+            metrics,
+        })
+    }
+}
+
+impl Sink for DirectorySink {
+    fn begin(&mut self) -> anyhow::Result<()> {
+        self.pending = Some(self.files.begin()?);
+        Ok(())
+    }
+
+    fn write(&mut self, row: &Row) -> anyhow::Result<()> {
+        let writer = self
+            .pending
+            .as_mut()
+            .context("no file in progress")?
+            .writer()?;
+        match row {
+            Row::Valid { event, .. } | Row::Duplicate(event) => writer.write_event(event),
+            Row::Invalid { fields, .. } => writer.write_raw(fields),
+        }
+        .context("cannot write row")
+    }
+
+    fn publish(
+        &mut self,
+        counts: &RowCounts,
+        _cancel: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let pending = self.pending.take().context("no file in progress")?;
+        let path = pending.publish(self.files.dir())?;
+        // One stat per file; a failure only loses the byte count, never the file.
+        let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        FilePublished {
+            path: &path,
+            counts,
+            bytes,
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    fn stop(&mut self, counts: &RowCounts) -> anyhow::Result<Stopped> {
+        // Dropping the pending file removes its temp name: nothing half-written is ever seen.
+        if self.pending.take().is_some() {
+            FileDiscarded { rows: counts.rows }.emit();
+        }
+        Ok(Stopped::Discarded)
+    }
 }
 
 /// Whether the temp file's writer (its pid is in the name) is still running: another generator
