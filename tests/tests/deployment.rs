@@ -961,6 +961,36 @@ fn ingestor_accepts_the_compose_environment() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
 }
 
+#[test]
+fn ingestor_accepts_the_kafka_profile_environment() {
+    // Arrange: ingestor-kafka's resolved environment, with local paths for the container's.
+    let service = &kafka_config()["services"]["ingestor-kafka"];
+    let mut test = healthcheck(service).expect("ingestor-kafka health check");
+    test.remove(0);
+    test[0] = built_binary(&test[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let mut env = environment(service);
+    assert_eq!(env.get("INGESTOR_SOURCE").map(String::as_str), Some("kafka"));
+    env.insert(
+        "INGESTOR_DATABASE_PASSWORD_FILE".into(),
+        password.display().to_string(),
+    );
+    env.insert(
+        "INGESTOR_LISTEN".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+
+    // Act: the health check loads every setting (the Kafka ones checked), then finds no
+    // ingestor on that port.
+    let (code, stderr) = run(&test, &env);
+
+    // Assert: exit 1 (not ready), not 2 (settings rejected).
+    assert_eq!(code, Some(1), "2: settings rejected: {stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
 // --- The rules, on the real files and on broken copies -------------------------------------------
 
 /// A file of the repository, as text.

@@ -52,6 +52,16 @@ fn print_table(s: &StatusReport) {
             println!("failures       none");
         }
     }
+    for p in s.kafka_partitions.iter().flatten() {
+        println!(
+            "partition      {}/{}  next offset {}  moved {} by {}",
+            p.topic,
+            p.partition,
+            p.next_offset,
+            p.updated_at,
+            p.updated_by.as_deref().unwrap_or("?")
+        );
+    }
     for f in &s.recent_failures {
         println!(
             "failed         {}  {}  {}  ({})",

@@ -167,8 +167,17 @@ fn validate_json(
     out
 }
 
-/// The record a JSON object stands for, or why it stands for none.
+/// The record a JSON object stands for, or why it stands for none. The object has exactly
+/// the six contract fields, as a CSV record has exactly the header's: a missing or unknown key
+/// is `wrong_field_count`, as a missing or extra field is. Strings are taken as they are,
+/// numbers as they are written, `null` as an empty field.
 fn json_record(payload: &[u8]) -> Result<ByteRecord, Rejection> {
+    if let Err(e) = std::str::from_utf8(payload) {
+        return Err(Rejection::record(
+            RejectReason::NotUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        ));
+    }
     let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload)
         .map_err(|e| {
             Rejection::record(
@@ -176,10 +185,25 @@ fn json_record(payload: &[u8]) -> Result<ByteRecord, Rejection> {
                 format!("not a JSON object with the contract's six fields ({e})"),
             )
         })?;
+    if let Some(unknown) = object
+        .keys()
+        .find(|key| !COLUMNS.iter().any(|c| c.name() == key.as_str()))
+    {
+        return Err(Rejection::record(
+            RejectReason::WrongFieldCount,
+            format!("expected the contract's six fields, found also `{unknown}`"),
+        ));
+    }
     let mut record = ByteRecord::new();
     for column in COLUMNS {
         match object.get(column.name()) {
-            None | Some(serde_json::Value::Null) => record.push_field(b""),
+            None => {
+                return Err(Rejection::record(
+                    RejectReason::WrongFieldCount,
+                    format!("expected the contract's six fields, `{}` is missing", column.name()),
+                ))
+            }
+            Some(serde_json::Value::Null) => record.push_field(b""),
             Some(serde_json::Value::String(text)) => record.push_field(text.as_bytes()),
             Some(serde_json::Value::Number(number)) => {
                 record.push_field(number.to_string().as_bytes());
@@ -276,14 +300,19 @@ mod tests {
         let ctx = ValidationContext::now();
         let good = r#"{"event_id":"6f1c2a9e-2a64-4d8e-9a57-6f1c2a9e2a64","user_id":42,
             "product_id":"7","event_type":"purchase","price":19.99,
-            "event_timestamp":"2026-01-01T00:00:00Z","extra":true}"#;
+            "event_timestamp":"2026-01-01T00:00:00Z"}"#;
         let no_price = good.replace("19.99", "null");
+        let bad_id = good.replace("6f1c2a9e-2a64", "nope");
+        let extra = good.replace("}", r#","extra":true}"#);
         let batch = messages(&[
             good.as_bytes(),
             no_price.as_bytes(),
             b"[1,2]",
-            b"{\"event_id\":\"nope\"}",
+            bad_id.as_bytes(),
             VALID.as_bytes(),
+            extra.as_bytes(),
+            b"{\"event_id\":\"\xff\"}",
+            b"{\"event_id\":\"6f1c2a9e-2a64-4d8e-9a57-6f1c2a9e2a64\"}",
         ]);
         let out = validate(&batch, MessageFormat::Json, &ctx, 64 * 1024).unwrap();
         assert_eq!(out.events.len(), 1);
@@ -296,6 +325,9 @@ mod tests {
                 (102, "wrong_field_count"),
                 (103, "bad_uuid"),
                 (104, "wrong_field_count"),
+                (105, "wrong_field_count"),
+                (106, "not_utf8"),
+                (107, "wrong_field_count"),
             ]
         );
     }
