@@ -711,3 +711,89 @@ fn bad_kafka_settings_stop_start_up_naming_the_key_and_the_value() {
         );
     }
 }
+
+/// The real generator's Kafka sink (idempotent producer, keyed by user, JSON messages) into
+/// the real ingestor's Kafka source: the ledger's totals are exactly the generator's summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generators_json_messages_are_accounted_for_exactly_as_the_generator_counted_them() {
+    // Arrange
+    let db = TestDatabase::create().await;
+    let mock = cluster(4);
+    let produced: generator::summary::RowCounts = {
+        let settings = generator::config::RawSettings {
+            sink: generator::config::SinkKind::Kafka,
+            kafka_brokers: Some(mock.bootstrap_servers()),
+            kafka_topic: TOPIC.to_owned(),
+            kafka_format: generator::config::KafkaFormat::Json,
+            rate: 10_000_000.0,
+            rows: 5_000,
+            files: 4,
+            seed: Some(147),
+            invalid_ratio: 0.01,
+            duplicate_ratio: 0.02,
+            late_ratio: 0.01,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::task::spawn_blocking(move || generator::startup::generate(&settings, &cancel))
+            .await
+            .unwrap()
+            .unwrap()
+            .published
+    };
+    let input = tempfile::tempdir().unwrap();
+    let envs = kafka_envs(&mock, &[("INGESTOR_KAFKA_FORMAT", "json")]);
+
+    // Act
+    let app = spawn_app(&ingestor_url(&db), input.path(), &borrowed(&envs)).await;
+    let client = db.client().await;
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    let totals = loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(lines), 0)::bigint, coalesce(sum(accepted), 0)::bigint, \
+                 coalesce(sum(duplicates), 0)::bigint, coalesce(sum(rejected), 0)::bigint \
+                 FROM ingest_files WHERE status = 'loaded'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let totals: (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        if totals.0 as u64 >= produced.rows {
+            break totals;
+        }
+        assert!(Instant::now() < deadline, "not loaded: {totals:?} of {produced:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Assert
+    let (lines, accepted, duplicates, rejected) = totals;
+    assert_eq!(
+        (lines as u64, accepted as u64, duplicates as u64, rejected as u64),
+        (
+            produced.rows,
+            produced.valid,
+            produced.duplicates,
+            produced.invalid
+        ),
+        "ledger totals against the generator's summary"
+    );
+    let offsets: i64 = stored_offsets(&client).await.values().sum();
+    assert_eq!(offsets as u64, produced.rows, "every message's offset passed");
+    let reasons: BTreeMap<String, u64> = client
+        .query("SELECT reason, count(*) FROM rejected_rows GROUP BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+        .collect();
+    let injected: BTreeMap<String, u64> = produced
+        .invalid_by_reason
+        .iter()
+        .map(|(reason, n)| ((*reason).to_owned(), *n))
+        .collect();
+    assert_eq!(reasons, injected, "each injected fault rejected for its own reason");
+    app.stop().await.unwrap();
+}
