@@ -972,7 +972,10 @@ fn ingestor_accepts_the_kafka_profile_environment() {
     let password = dir.path().join("password");
     std::fs::write(&password, "secret\n").unwrap();
     let mut env = environment(service);
-    assert_eq!(env.get("INGESTOR_SOURCE").map(String::as_str), Some("kafka"));
+    assert_eq!(
+        env.get("INGESTOR_SOURCE").map(String::as_str),
+        Some("kafka")
+    );
     env.insert(
         "INGESTOR_DATABASE_PASSWORD_FILE".into(),
         password.display().to_string(),

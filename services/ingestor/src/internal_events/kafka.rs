@@ -104,6 +104,11 @@ impl KafkaMetrics {
 }
 
 impl Metrics {
+    /// The Kafka source started: its cluster counts as reachable until the client says not.
+    pub fn kafka_source_started(&self) {
+        self.kafka.broker_up.set(1);
+    }
+
     /// Counts messages the consumer received.
     pub fn kafka_messages_received(&self, count: usize) {
         self.kafka.received.inc_by(count as u64);

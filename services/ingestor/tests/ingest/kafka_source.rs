@@ -764,14 +764,22 @@ async fn the_generators_json_messages_are_accounted_for_exactly_as_the_generator
         if totals.0 as u64 >= produced.rows {
             break totals;
         }
-        assert!(Instant::now() < deadline, "not loaded: {totals:?} of {produced:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not loaded: {totals:?} of {produced:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
     // Assert
     let (lines, accepted, duplicates, rejected) = totals;
     assert_eq!(
-        (lines as u64, accepted as u64, duplicates as u64, rejected as u64),
+        (
+            lines as u64,
+            accepted as u64,
+            duplicates as u64,
+            rejected as u64
+        ),
         (
             produced.rows,
             produced.valid,
@@ -781,7 +789,10 @@ async fn the_generators_json_messages_are_accounted_for_exactly_as_the_generator
         "ledger totals against the generator's summary"
     );
     let offsets: i64 = stored_offsets(&client).await.values().sum();
-    assert_eq!(offsets as u64, produced.rows, "every message's offset passed");
+    assert_eq!(
+        offsets as u64, produced.rows,
+        "every message's offset passed"
+    );
     let reasons: BTreeMap<String, u64> = client
         .query("SELECT reason, count(*) FROM rejected_rows GROUP BY 1", &[])
         .await
@@ -794,6 +805,9 @@ async fn the_generators_json_messages_are_accounted_for_exactly_as_the_generator
         .iter()
         .map(|(reason, n)| ((*reason).to_owned(), *n))
         .collect();
-    assert_eq!(reasons, injected, "each injected fault rejected for its own reason");
+    assert_eq!(
+        reasons, injected,
+        "each injected fault rejected for its own reason"
+    );
     app.stop().await.unwrap();
 }

@@ -200,7 +200,10 @@ fn json_record(payload: &[u8]) -> Result<ByteRecord, Rejection> {
             None => {
                 return Err(Rejection::record(
                     RejectReason::WrongFieldCount,
-                    format!("expected the contract's six fields, `{}` is missing", column.name()),
+                    format!(
+                        "expected the contract's six fields, `{}` is missing",
+                        column.name()
+                    ),
                 ))
             }
             Some(serde_json::Value::Null) => record.push_field(b""),

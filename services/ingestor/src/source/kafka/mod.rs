@@ -74,6 +74,7 @@ impl KafkaSource {
             instance_id: settings.instance_id.clone(),
         };
         let (consumer, thread) = consumer::start(parts, wake.clone())?;
+        metrics.kafka_source_started();
         Ok(KafkaSource {
             settings: kafka,
             partitions,
