@@ -426,7 +426,8 @@ impl RawSettings {
             .map_err(|why| invalid("kafka_topics", &self.kafka_topics, why))?;
         let options = self.kafka_client_options.as_deref().unwrap_or_default();
         let client_options = parse_client_options(options)
-            .map_err(|why| invalid("kafka_client_options", options, why))?;
+            .and_then(|parsed| librdkafka_accepts(&parsed).map(|()| parsed))
+            .map_err(|why| invalid("kafka_client_options", masked_options(options), why))?;
         let sasl_password = match &self.kafka_sasl_password_file {
             None => None,
             Some(path) => Some(
@@ -628,6 +629,34 @@ fn parse_client_options(text: &str) -> Result<Vec<(String, String)>, String> {
         options.push((key.to_owned(), value.trim().to_owned()));
     }
     Ok(options)
+}
+
+/// Whether librdkafka knows every property and accepts its value (checked without creating a
+/// client, so a typo stops start-up here rather than when the consumer starts).
+fn librdkafka_accepts(options: &[(String, String)]) -> Result<(), String> {
+    let mut config = rdkafka::ClientConfig::new();
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    config
+        .create_native_config()
+        .map(drop)
+        .map_err(|e| format!("librdkafka refuses it: {e}"))
+}
+
+/// The options with the values of secret properties (`*password*`, `*secret*`) masked, for
+/// errors.
+fn masked_options(options: &str) -> String {
+    options
+        .split([';', '\n'])
+        .map(|item| match item.split_once('=') {
+            Some((key, _)) if key.contains("password") || key.contains("secret") => {
+                format!("{key}=***")
+            }
+            _ => item.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// The directory `path` names, for comparing two paths: absolute, with `.`, `..` and symbolic
