@@ -295,14 +295,22 @@ impl<R: Read> RecordReader<R> {
     /// break, at the start of a record, without `csv_core`: its fields are the text between
     /// commas. Returns false for a blank line (no record; `csv_core` skips those too).
     fn read_plain_line(&mut self, len: usize) -> bool {
-        self.keep_raw(len);
-        let start = self.chunk_pos;
-        self.chunk_pos += len;
-        // The line break is the last byte.
-        let line = &self.chunk[start..start + len - 1];
-        if line.is_empty() {
+        if len == 1 {
+            // Only the line break.
+            self.keep_raw(1);
+            self.chunk_pos += 1;
             return false;
         }
+        // `keep_raw`'s bookkeeping, for a line known to hold one line break, at its end, and
+        // no quote: the record starts on this line, which its break ends (the quote state stays
+        // at a field start), and no blank line precedes it in `raw`.
+        let start = self.chunk_pos;
+        self.chunk_pos += len;
+        self.record_line.get_or_insert(self.line);
+        self.line += 1;
+        self.after_cr = self.chunk[start + len - 1] == b'\r';
+        self.push_raw(start, len);
+        let line = &self.chunk[start..start + len - 1];
         if !self.overflow {
             self.record.clear();
             let mut field_start = 0;
@@ -421,17 +429,23 @@ impl<R: Read> RecordReader<R> {
             self.record_line.get_or_insert(self.line);
             self.after_cr = false;
         }
-        let consumed = &consumed[blank_prefix..];
-        let nin = consumed.len();
-        self.raw_bytes += nin as u64;
+        let start = self.chunk_pos + blank_prefix;
+        self.push_raw(start, nin - blank_prefix);
+    }
+
+    /// Adds `len` consumed bytes of the chunk from `start` to the record's raw text, up to the
+    /// size cap (past it, the record is over-long and only a prefix is kept).
+    fn push_raw(&mut self, start: usize, len: usize) {
+        let consumed = &self.chunk[start..start + len];
+        self.raw_bytes += len as u64;
         let room = if self.raw_bytes > self.max_record_bytes as u64 {
             self.overflow = true;
             self.raw.truncate(TOO_LONG_PREFIX_BYTES);
             TOO_LONG_PREFIX_BYTES.saturating_sub(self.raw.len())
         } else {
-            nin
+            len
         };
-        self.raw.extend_from_slice(&consumed[..room.min(nin)]);
+        self.raw.extend_from_slice(&consumed[..room.min(len)]);
     }
 
     fn grow_fields(&mut self) {

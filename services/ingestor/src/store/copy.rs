@@ -18,7 +18,7 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::pool::has_sqlstate;
-use super::recent_ids::{CommittedIds, RecentIds};
+use super::recent_ids::{CommittedIds, IdHashing, RecentIds};
 use crate::model::{LineEvent, RejectedRow};
 
 const COPY_EVENTS: &str = "COPY events (event_id, user_id, product_id, event_type, price, \
@@ -250,7 +250,7 @@ pub async fn insert_new(
     let total = events.len() as u64;
     let ids: Vec<Uuid> = events.iter().map(|e| *e.event.event_id.as_uuid()).collect();
     let committed = known.committed.stored(ids.iter());
-    let mut in_chunk = HashSet::with_capacity(events.len());
+    let mut in_chunk = HashSet::with_capacity_and_hasher(events.len(), IdHashing::default());
     let mut batch: Vec<LineEvent> = events
         .into_iter()
         .zip(committed)
@@ -318,7 +318,7 @@ async fn drop_stored(
     let ids: Vec<Uuid> = events.iter().map(|e| *e.event.event_id.as_uuid()).collect();
     // The loading transaction pins this lookup to the primary key (see
     // `pipeline::loader::LOADING_SETTINGS`).
-    let stored: HashSet<Uuid> = tx
+    let stored: HashSet<Uuid, IdHashing> = tx
         .query(
             "SELECT event_id FROM events WHERE event_id = ANY($1)",
             &[&ids],
