@@ -56,17 +56,6 @@ const MAX_EVENT_ROW_BYTES: usize = 2 + 8 * 4 + 16 + 4 * 8 + (8 + 8 * 2);
 /// heap-allocated digit vector. The bytes are the same (`rows_encode_as_tokio_postgres_does`
 /// compares them with `ToSql`'s).
 fn encode_event(buf: &mut BytesMut, event: &Event, file_id: i64, line: u64) -> anyhow::Result<()> {
-    let event_type = event.event_type.as_str().as_bytes();
-    buf.reserve(MAX_EVENT_ROW_BYTES + event_type.len());
-    buf.put_i16(EVENT_TYPES.len() as i16);
-    put_bytes(buf, event.event_id.as_uuid().as_bytes());
-    put_i64(buf, event.user_id.get());
-    put_i64(buf, event.product_id.get());
-    put_bytes(buf, event_type);
-    match event.price {
-        Some(price) => put_numeric(buf, price.as_decimal()),
-        None => buf.put_i32(-1),
-    }
     // As tokio-postgres encodes a `DateTime<Utc>`: microseconds since PostgreSQL's epoch.
     let micros = event
         .event_timestamp
@@ -74,21 +63,40 @@ fn encode_event(buf: &mut BytesMut, event: &Event, file_id: i64, line: u64) -> a
         .timestamp_micros()
         .checked_sub(POSTGRES_EPOCH_MICROS)
         .context("event timestamp out of PostgreSQL's range")?;
-    put_i64(buf, micros);
-    put_i64(buf, file_id);
-    put_i64(buf, i64::try_from(line).unwrap_or(i64::MAX));
+    let event_type = event.event_type.as_str().as_bytes();
+    buf.reserve(MAX_EVENT_ROW_BYTES + event_type.len());
+    // The fixed-size fields are assembled on the stack and appended at once: each `put_*` of
+    // `BytesMut` checks and grows its capacity on its own.
+    let mut head = [0u8; 2 + (4 + 16) + 2 * (4 + 8)];
+    head[..2].copy_from_slice(&(EVENT_TYPES.len() as i16).to_be_bytes());
+    head[2..6].copy_from_slice(&16i32.to_be_bytes());
+    head[6..22].copy_from_slice(event.event_id.as_uuid().as_bytes());
+    put_i64_at(&mut head[22..34], event.user_id.get());
+    put_i64_at(&mut head[34..46], event.product_id.get());
+    buf.put_slice(&head);
+    put_bytes(buf, event_type);
+    match event.price {
+        Some(price) => put_numeric(buf, price.as_decimal()),
+        None => buf.put_i32(-1),
+    }
+    let mut tail = [0u8; 3 * (4 + 8)];
+    put_i64_at(&mut tail[0..12], micros);
+    put_i64_at(&mut tail[12..24], file_id);
+    put_i64_at(&mut tail[24..36], i64::try_from(line).unwrap_or(i64::MAX));
+    buf.put_slice(&tail);
     Ok(())
+}
+
+/// An 8-byte integer field (its length word, then the value) into `slot`, 12 bytes long.
+fn put_i64_at(slot: &mut [u8], value: i64) {
+    slot[..4].copy_from_slice(&8i32.to_be_bytes());
+    slot[4..12].copy_from_slice(&value.to_be_bytes());
 }
 
 fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
     // Every value written here is a few bytes long (a uuid, an event type).
     buf.put_i32(bytes.len() as i32);
     buf.put_slice(bytes);
-}
-
-fn put_i64(buf: &mut BytesMut, value: i64) {
-    buf.put_i32(8);
-    buf.put_i64(value);
 }
 
 /// A `Decimal` as PostgreSQL's binary `numeric`, byte for byte as `rust_decimal`'s `ToSql`
