@@ -39,8 +39,8 @@ const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 const COPY_TRAILER: i16 = -1;
 /// Encoded rows are handed to the connection in pieces of about this size. tokio-postgres's
 /// `BinaryCopyInWriter` sends (and flushes) every 4 KiB, about 50 rows: a channel send, a wake-up
-/// of the connection task and a socket write each. One piece per 64 KiB makes that 16 times rarer
-/// and is passed on without a copy (tokio-postgres copies only pieces under 4 KiB).
+/// of the connection task and a socket write each. One piece per 64 KiB makes that 16 times
+/// rarer.
 const COPY_SEND_BYTES: usize = 64 * 1024;
 /// 2000-01-01T00:00:00Z, PostgreSQL's epoch for timestamps, in microseconds since 1970.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
