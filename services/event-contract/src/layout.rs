@@ -126,6 +126,28 @@ impl HeaderLayout {
         self.width
     }
 
+    /// The contract's fields as text when the whole record is valid UTF-8 and each field is
+    /// too: one validation of the record's bytes instead of six of short fields (each paying
+    /// the validator's set-up), `None` otherwise (the caller then checks field by field, in
+    /// column order, for the rejection). A field is valid on its own exactly when its bounds in
+    /// the valid whole are character boundaries, which slicing the whole checks.
+    fn fields_as_text<'r>(&self, record: &'r ByteRecord) -> Option<[&'r str; 6]> {
+        // `as_slice` is every field's bytes back to back, in order.
+        let whole = std::str::from_utf8(record.as_slice()).ok()?;
+        let mut text = [""; 6];
+        let mut start = 0;
+        for (index, field) in record.iter().enumerate() {
+            let end = start + field.len();
+            for column in COLUMNS {
+                if self.positions[column.index()] == index {
+                    text[column.index()] = whole.get(start..end)?;
+                }
+            }
+            start = end;
+        }
+        Some(text)
+    }
+
     fn field<'r>(&self, record: &'r ByteRecord, column: Column) -> &'r [u8] {
         // `parse_record` checked the record's width first, so every position exists.
         record
@@ -152,10 +174,16 @@ pub fn parse_record(
             format!("expected {} fields, found {}", layout.width, record.len()),
         ));
     }
-    let mut text = [""; 6];
-    for column in COLUMNS {
-        text[column.index()] = utf8_field(layout.field(record, column), column)?;
-    }
+    let text = match layout.fields_as_text(record) {
+        Some(text) => text,
+        None => {
+            let mut text = [""; 6];
+            for column in COLUMNS {
+                text[column.index()] = utf8_field(layout.field(record, column), column)?;
+            }
+            text
+        }
+    };
     let [event_id, user_id, product_id, event_type, price, timestamp] = text;
     let event_id = EventId::parse(event_id)?;
     let user_id = UserId::parse(user_id)?;
@@ -238,6 +266,37 @@ mod tests {
         names[0] = format!("\u{feff}{}", names[0]);
         let record = ByteRecord::from(names);
         assert!(HeaderLayout::from_header(&record, ExtraColumnPolicy::Fail).is_ok());
+    }
+
+    #[test]
+    fn text_fields_are_those_of_a_field_by_field_check() {
+        let layout = HeaderLayout::from_header(
+            &header(&[
+                "x",
+                "event_timestamp",
+                "price",
+                "event_type",
+                "product_id",
+                "user_id",
+                "event_id",
+            ]),
+            ExtraColumnPolicy::Ignore,
+        )
+        .unwrap();
+        let record = ByteRecord::from(vec!["é", "t", "p", "ty", "pr", "u", "id"]);
+        assert_eq!(
+            layout.fields_as_text(&record),
+            Some(["id", "u", "pr", "ty", "p", "t"])
+        );
+        // "é" split across two fields: the whole is valid UTF-8, neither field is.
+        let split = ByteRecord::from(vec![&b"\xc3"[..], b"\xa9", b"p", b"ty", b"pr", b"u", b"id"]);
+        assert_eq!(layout.fields_as_text(&split), None);
+        assert_eq!(
+            parse_record(&split, &layout, &crate::ValidationContext::now())
+                .unwrap_err()
+                .reason,
+            RejectReason::NotUtf8
+        );
     }
 
     #[test]

@@ -92,12 +92,18 @@ fn parse_positive(raw: &str, column: Column) -> Result<i64, Rejection> {
     require(raw, column)?;
     let bad = |why: &str| Rejection::field(RejectReason::BadInteger, column, raw, why);
     // `i64::from_str` accepts a leading `+`; the contract wants digits only.
-    if !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("not a positive integer (digits only)"));
+    // One pass over the digits (this runs twice per row); a non-digit anywhere is reported
+    // before an overflow, as when the digits were checked first and then parsed.
+    let mut value = Some(0i64);
+    for byte in raw.bytes() {
+        if !byte.is_ascii_digit() {
+            return Err(bad("not a positive integer (digits only)"));
+        }
+        value = value
+            .and_then(|v| v.checked_mul(10))
+            .and_then(|v| v.checked_add(i64::from(byte - b'0')));
     }
-    let value: i64 = raw
-        .parse()
-        .map_err(|_| bad("out of range for a 64-bit integer"))?;
+    let value = value.ok_or_else(|| bad("out of range for a 64-bit integer"))?;
     if value == 0 {
         return Err(bad("must be greater than zero"));
     }
@@ -147,6 +153,31 @@ mod tests {
             assert_eq!(err.reason, RejectReason::BadInteger, "{raw}");
             assert_eq!(err.column, Some(Column::UserId));
         }
+    }
+
+    #[test]
+    fn ids_parse_as_the_standard_parser_does() {
+        use proptest::prelude::*;
+        proptest!(ProptestConfig::with_cases(5000), |(raw in "[0-9]{1,21}|[0-9+ -]{1,4}|[0-9]{0,3}x?[0-9]{0,20}")| {
+            let expected = if raw.is_empty() {
+                None
+            } else if !raw.bytes().all(|b| b.is_ascii_digit()) {
+                Some(Err("not a positive integer (digits only)"))
+            } else {
+                match raw.parse::<i64>() {
+                    Err(_) => Some(Err("out of range for a 64-bit integer")),
+                    Ok(0) => Some(Err("must be greater than zero")),
+                    Ok(v) => Some(Ok(v)),
+                }
+            };
+            if let Some(expected) = expected {
+                let got = UserId::parse(&raw).map(UserId::get).map_err(|e| e.message);
+                match expected {
+                    Ok(v) => prop_assert_eq!(got, Ok(v)),
+                    Err(why) => prop_assert!(got.as_ref().is_err_and(|m| m.contains(why)), "{:?}: {:?}", raw, got),
+                }
+            }
+        });
     }
 
     #[test]

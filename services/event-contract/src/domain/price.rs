@@ -41,6 +41,16 @@ impl Price {
         if integer.trim_start_matches('0').len() > MAX_INTEGER_DIGITS {
             return Err(bad("must be less than 1000000"));
         }
+        if raw.len() <= MAX_INTEGER_DIGITS + 1 + MAX_FRACTION_DIGITS {
+            // Digits checked above, and few of them: the value is the digits as an integer,
+            // scaled by the fraction's length, as `from_str_exact` would make it (a test
+            // compares the two), without its general parser.
+            let mantissa = raw
+                .bytes()
+                .filter(u8::is_ascii_digit)
+                .fold(0i64, |value, d| value * 10 + i64::from(d - b'0'));
+            return Ok(Price(Decimal::new(mantissa, fraction.len() as u32)));
+        }
         Decimal::from_str_exact(raw)
             .map(Price)
             .map_err(|e| bad(&e.to_string()))
@@ -68,6 +78,21 @@ impl fmt::Display for Price {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_amounts_are_the_decimals_from_str_exact_makes() {
+        use proptest::prelude::*;
+        proptest!(ProptestConfig::with_cases(5000), |(raw in "[0-9]{1,7}(\\.[0-9]{1,2})?|[0-9]{1,9}")| {
+            let mine = Price::parse(&raw);
+            if let Ok(price) = mine {
+                let exact = Decimal::from_str_exact(&raw).unwrap();
+                prop_assert_eq!(price.as_decimal().mantissa(), exact.mantissa());
+                prop_assert_eq!(price.as_decimal().scale(), exact.scale());
+            } else {
+                prop_assert!(raw.trim_start_matches('0').split('.').next().unwrap().len() > 6);
+            }
+        });
+    }
 
     #[test]
     fn plain_amounts_parse_exactly() {
