@@ -161,7 +161,7 @@ async fn check_names_a_schema_older_than_the_ingestor_needs() {
     // Assert
     let older = String::from_utf8_lossy(&older.stdout);
     assert!(
-        older.contains("  FAIL  schema version 50 is older than the 60 this ingestor needs"),
+        older.contains("  FAIL  schema version 50 is older than the 70 this ingestor needs"),
         "{older}"
     );
     assert!(

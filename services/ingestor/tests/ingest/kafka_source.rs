@@ -26,10 +26,10 @@ const TOPIC: &str = "events";
 /// Bound on loading a test's messages (debug builds, a busy machine).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
 
-type Mock = MockCluster<'static, DefaultProducerContext>;
+pub(crate) type Mock = MockCluster<'static, DefaultProducerContext>;
 
 /// A mock cluster of one broker with the topic `events` of `partitions` partitions.
-fn cluster(partitions: i32) -> Mock {
+pub(crate) fn cluster(partitions: i32) -> Mock {
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic(TOPIC, partitions, 1).unwrap();
     mock
@@ -37,7 +37,7 @@ fn cluster(partitions: i32) -> Mock {
 
 /// The generator's events as message payloads (each file's data lines), with what the table
 /// must hold once they are loaded.
-fn events(files: u64, rows: u64, seed: u64, faults: Faults) -> (Vec<Vec<u8>>, Expected) {
+pub(crate) fn events(files: u64, rows: u64, seed: u64, faults: Faults) -> (Vec<Vec<u8>>, Expected) {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), files, rows, seed, faults);
     let paths = event_files(dir.path());
@@ -59,7 +59,7 @@ fn events(files: u64, rows: u64, seed: u64, faults: Faults) -> (Vec<Vec<u8>>, Ex
 
 /// Produces `lines` to `events`, message `i` to partition `i % partitions`; returns how many
 /// went to each partition.
-fn produce(mock: &Mock, lines: &[Vec<u8>], partitions: i32) -> BTreeMap<i32, i64> {
+pub(crate) fn produce(mock: &Mock, lines: &[Vec<u8>], partitions: i32) -> BTreeMap<i32, i64> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", mock.bootstrap_servers())
         .set("queue.buffering.max.messages", "1000000")
@@ -89,7 +89,10 @@ fn produce(mock: &Mock, lines: &[Vec<u8>], partitions: i32) -> BTreeMap<i32, i64
 
 /// The ingestor's settings for the mock cluster: fast group protocol timers (the mock accepts
 /// them), small batches so that several ranges per partition are in the ledger.
-fn kafka_envs(mock: &Mock, extra: &[(&'static str, &'static str)]) -> Vec<(String, String)> {
+pub(crate) fn kafka_envs(
+    mock: &Mock,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(String, String)> {
     let mut envs = vec![
         ("INGESTOR_SOURCE".to_owned(), "kafka".to_owned()),
         ("INGESTOR_KAFKA_BROKERS".to_owned(), mock.bootstrap_servers()),
@@ -109,7 +112,7 @@ fn kafka_envs(mock: &Mock, extra: &[(&'static str, &'static str)]) -> Vec<(Strin
     envs
 }
 
-fn borrowed(envs: &[(String, String)]) -> Vec<(&str, &str)> {
+pub(crate) fn borrowed(envs: &[(String, String)]) -> Vec<(&str, &str)> {
     envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
