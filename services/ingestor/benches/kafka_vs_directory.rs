@@ -426,7 +426,16 @@ async fn latency_run(lines: &[Vec<u8>]) {
     );
     let paced = produce_paced(mock.bootstrap_servers(), lines[1..=total].to_vec(), RATE);
     paced.join().unwrap();
-    wait_for(&client, LINES_LOADED, total as i64).await;
+    // Every offset passed (the warm-up message's too), then every message in the ledger: a
+    // benchmark that lost messages must not report a latency.
+    wait_for(
+        &client,
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets",
+        total as i64 + 1,
+    )
+    .await;
+    let loaded: i64 = client.query_one(LINES_LOADED, &[]).await.unwrap().get(0);
+    assert_eq!(loaded, total as i64, "messages missing from the ledger");
     let bounds = client
         .query_one(
             "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY latency), \

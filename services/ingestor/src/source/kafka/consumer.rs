@@ -247,13 +247,19 @@ fn make_seeks(consumer: &SharedConsumer) {
             Offset::Offset(seek.offset),
             Duration::from_secs(5),
         );
-        if let Err(error) = done {
-            KafkaSeekFailed {
-                partition: &seek.key,
-                offset: seek.offset,
-                error: &error,
+        match done {
+            Ok(()) => context.partitions.seek_done(&seek.key, seek.offset),
+            Err(error) => {
+                KafkaSeekFailed {
+                    partition: &seek.key,
+                    offset: seek.offset,
+                    error: &error,
+                }
+                .emit(&context.metrics);
+                // Asked again on the next round: until a seek is made, nothing of the
+                // partition is buffered.
+                context.partitions.retry_seek(seek);
             }
-            .emit(&context.metrics);
         }
     }
 }

@@ -37,6 +37,10 @@ struct Partition {
     paused: bool,
     /// Being revoked: offered no more.
     revoking: bool,
+    /// Repositioned, and the seek there not made yet: what arrives meanwhile was fetched from
+    /// the old position and is dropped (buffered, it would start the buffer past the new
+    /// position and hide the messages between).
+    awaiting_seek: bool,
     /// Since when a range of it is being loaded (opened, not yet acknowledged).
     loading_since: Option<Instant>,
     /// The newest offset the broker has (from the client's statistics).
@@ -99,6 +103,7 @@ impl Partitions {
                     generation,
                     paused: false,
                     revoking: false,
+                    awaiting_seek: false,
                     loading_since: None,
                     high_watermark: None,
                 },
@@ -147,7 +152,7 @@ impl Partitions {
         let Some(p) = table.partitions.get_mut(key) else {
             return false;
         };
-        if p.revoking {
+        if p.revoking || p.awaiting_seek {
             return false;
         }
         let newest = p.buffer.back().map(|(m, _)| m.offset);
@@ -232,16 +237,40 @@ impl Partitions {
         let Some(p) = table.partitions.get_mut(key) else {
             return;
         };
-        if p.generation != generation {
+        // A range taken before the one that moved the partition on committed finds the stored
+        // offset where this consumer already is: nothing to do.
+        if p.generation != generation || p.position == Some(stored) {
             return;
         }
         p.position = Some(stored);
         p.generation = next_generation;
         p.buffer.clear();
+        p.awaiting_seek = true;
         table.seeks.push(Seek {
             key: key.clone(),
             offset: stored,
         });
+    }
+
+    /// A seek that failed, to be made on the next round (if the partition is still held there).
+    pub fn retry_seek(&self, seek: Seek) {
+        let mut table = self.table();
+        if table
+            .partitions
+            .get(&seek.key)
+            .is_some_and(|p| p.position == Some(seek.offset))
+        {
+            table.seeks.push(seek);
+        }
+    }
+
+    /// The seek to `offset` for `key` was made: messages arriving from now on come from there.
+    pub fn seek_done(&self, key: &PartitionKey, offset: i64) {
+        if let Some(p) = self.table().partitions.get_mut(key) {
+            if p.position == Some(offset) {
+                p.awaiting_seek = false;
+            }
+        }
     }
 
     /// Each held partition not being loaded now, with its generation and position: what
@@ -405,6 +434,11 @@ mod tests {
             }]
         );
         assert!(!partitions.committed(&key(0), stale.generation, 0, 5));
+        assert!(
+            !partitions.push(&key(0), message(7)),
+            "fetched from the old position before the seek"
+        );
+        partitions.seek_done(&key(0), 3);
         assert!(partitions.push(&key(0), message(3)));
         assert_eq!(partitions.ready(10, Duration::ZERO)[0].from, 3);
     }
@@ -428,6 +462,23 @@ mod tests {
         let (k, generation, position) = partitions.idle_positions().remove(0);
         assert!(partitions.reposition_if_unchanged(&k, generation, position, 0));
         assert_eq!(partitions.take_seeks()[0].offset, 0);
+    }
+
+    #[test]
+    fn a_stale_range_finding_the_stored_offset_where_the_consumer_is_changes_nothing() {
+        let partitions = Partitions::default();
+        partitions.assign([(key(0), Some(0))]);
+        for offset in 0..6 {
+            partitions.push(&key(0), message(offset));
+        }
+        let first = partitions.ready(3, Duration::ZERO).remove(0);
+        let stale = first.clone();
+        assert!(partitions.committed(&key(0), first.generation, 0, 3));
+        // The stale copy's claim finds the stored offset at 3, where the consumer already is.
+        partitions.reposition(&key(0), stale.generation, 3);
+        assert!(partitions.take_seeks().is_empty());
+        let next = partitions.ready(10, Duration::ZERO).remove(0);
+        assert_eq!((next.from, offsets(&next)), (3, vec![3, 4, 5]));
     }
 
     #[test]
