@@ -166,6 +166,14 @@ pub async fn load_batch<U: Unit>(
     for handle in identifying {
         opened.push(handle.await.context("identify task panicked")?);
     }
+    // One unit ahead: each unit's first chunks are read while the one before it is written (the
+    // first one's while the transaction begins), so that no COPY starts by waiting for its
+    // reader with the session idle.
+    let options = read_options(settings);
+    let mut reading = opened
+        .into_iter()
+        .map(|opened| opened.map(|o| ReadAhead::start(o, options)));
+    let mut next = reading.next();
     let mut conn = pool
         .get()
         .await
@@ -182,7 +190,10 @@ pub async fn load_batch<U: Unit>(
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut batch_ids = RecentIds::new(settings.dedup_memory_ids);
     let mut rows = 0;
-    for (unit, current) in batch.iter().zip(opened) {
+    for unit in batch {
+        let Some(current) = std::mem::replace(&mut next, reading.next()) else {
+            break;
+        };
         let outcome = match current {
             Err(not_opened) => FileOutcome::from(not_opened),
             Ok(file) => {
@@ -243,12 +254,12 @@ async fn load_file<O: Opened>(
     tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
     name: &str,
-    opened: O,
+    reading: ReadAhead<O>,
     known: KnownIds<'_>,
 ) -> anyhow::Result<FileOutcome<O::Receipt>> {
+    let opened = reading.opened.clone();
     let identity = opened.identity();
     let read = opened.receipt();
-    let opened = Arc::new(opened);
     let mut sp = tx
         .savepoint("file")
         .await
@@ -268,7 +279,7 @@ async fn load_file<O: Opened>(
         }
         Claim::Claimed { file_id } => file_id,
     };
-    let (end, loaded) = match stream_file(&mut sp, settings, opened.clone(), file_id, known).await {
+    let (end, loaded) = match stream_file(&mut sp, settings, reading.rows, file_id, known).await {
         Ok(streamed) => streamed,
         Err(e) if classify(&e) == Failure::Conflict && !CopyNotStarted::caused(&e) => {
             // Some of its events are being inserted by another in-flight transaction: undo
@@ -315,6 +326,33 @@ async fn load_file<O: Opened>(
     }
 }
 
+/// A unit whose rows a blocking thread reads into a bounded channel, from before its turn in
+/// the batch. Dropping it (the unit is not loaded after all, or the batch ends) stops the reader
+/// at its next chunk.
+struct ReadAhead<O> {
+    opened: Arc<O>,
+    rows: mpsc::Receiver<ReadMessage>,
+}
+
+impl<O: Opened> ReadAhead<O> {
+    fn start(opened: O, options: ReadOptions) -> Self {
+        let opened = Arc::new(opened);
+        let (sender, rows) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let reader = opened.clone();
+        tokio::task::spawn_blocking(move || reader.read_rows(options, &sender));
+        ReadAhead { opened, rows }
+    }
+}
+
+fn read_options(settings: &Settings) -> ReadOptions {
+    ReadOptions {
+        max_line_bytes: settings.max_line_bytes,
+        extra_columns: settings.extra_columns,
+        max_future_skew: settings.max_future_skew,
+        chunk_rows: settings.chunk_rows,
+    }
+}
+
 /// Undoes everything one file did in the batch's transaction (back to the file's savepoint),
 /// keeping what the batch's other files did.
 async fn undo(file_savepoint: Transaction<'_>) -> anyhow::Result<()> {
@@ -325,22 +363,13 @@ async fn undo(file_savepoint: Transaction<'_>) -> anyhow::Result<()> {
 }
 
 /// Streams the unit's chunks into the database; returns how reading ended and the accounting.
-async fn stream_file<O: Opened>(
+async fn stream_file(
     tx: &mut Transaction<'_>,
     settings: &Arc<Settings>,
-    opened: Arc<O>,
+    mut receiver: mpsc::Receiver<ReadMessage>,
     file_id: i64,
     known: KnownIds<'_>,
 ) -> anyhow::Result<(ReadEnd, LoadedFile)> {
-    let (sender, mut receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    let options = ReadOptions {
-        max_line_bytes: settings.max_line_bytes,
-        extra_columns: settings.extra_columns,
-        max_future_skew: settings.max_future_skew,
-        chunk_rows: settings.chunk_rows,
-    };
-    // Dropping `receiver` (on return, including on error) stops the reader thread.
-    tokio::task::spawn_blocking(move || opened.read_rows(options, &sender));
     let mut loaded = LoadedFile {
         file_id,
         ..LoadedFile::default()

@@ -4,5 +4,6 @@
 //! bounded by the chunk channel. [`worker`] is the loop around it that owns batching, retries
 //! and shutdown, over any `crate::source::Source`.
 
+pub mod line_size;
 pub mod loader;
 pub mod worker;

@@ -17,6 +17,7 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::line_size::LineSize;
 use super::loader::{load_batch, within_byte_budget, FileOutcome, LoadedFile};
 use crate::config::Settings;
 use crate::internal_events::{
@@ -57,6 +58,8 @@ struct Shared<S: Source> {
     in_flight: Mutex<HashSet<Key<S>>>,
     /// Event ids the loops committed recently (duplicates of them are dropped in memory).
     committed: CommittedIds,
+    /// Bytes per line loaded so far: how many units a batch takes.
+    line_size: LineSize,
 }
 
 /// Runs the loader loops until `cancel` fires; each returns after its batch in flight committed
@@ -77,6 +80,7 @@ pub async fn run<S: Source>(
         source,
         in_flight: Mutex::default(),
         committed: CommittedIds::new(settings.dedup_memory_ids),
+        line_size: LineSize::default(),
     });
     let mut loops = JoinSet::new();
     state.metrics.set_loaders(settings.loaders);
@@ -187,6 +191,11 @@ async fn run_loop<S: Source>(ctx: LoopContext<S>) {
                     duration: started.elapsed(),
                 }
                 .emit(&state.metrics);
+                for (unit, outcome) in &outcomes {
+                    if let FileOutcome::Loaded { loaded, .. } = outcome {
+                        shared.line_size.learn(unit.size(), loaded.counts.lines);
+                    }
+                }
                 for (unit, outcome) in outcomes {
                     finish(&shared.source, &state.metrics, &unit, outcome, &mut skipped);
                 }
@@ -269,8 +278,9 @@ struct InFlight<'a, S: Source> {
 
 impl<'a, S: Source> InFlight<'a, S> {
     /// Takes the ready units no other loop is loading, oldest first, that one batch loads (up
-    /// to `batch_max_files`, within `batch_max_bytes`); `None` if none. Taking more would keep
-    /// units the batch leaves out from the other loops until it commits.
+    /// to `batch_max_files`, within `batch_max_bytes`, and as many as are expected to reach
+    /// `batch_max_rows`, see [`LineSize`]); `None` if none. Taking more would keep units the
+    /// batch leaves out from the other loops until it commits, and open them for nothing.
     fn take(shared: &'a Shared<S>, ready: &[S::Unit], settings: &Settings) -> Option<Self> {
         let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let free: Vec<S::Unit> = ready
@@ -279,7 +289,11 @@ impl<'a, S: Source> InFlight<'a, S> {
             .take(settings.batch_max_files)
             .cloned()
             .collect();
-        let files = within_byte_budget(&free, settings.batch_max_bytes).to_vec();
+        let fitting = within_byte_budget(&free, settings.batch_max_bytes);
+        let expected = shared
+            .line_size
+            .expected_units(fitting.iter().map(Unit::size), settings.batch_max_rows);
+        let files = fitting[..expected].to_vec();
         if files.is_empty() {
             return None;
         }
