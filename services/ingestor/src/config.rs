@@ -158,10 +158,10 @@ declare_settings! {
         conflict_wait_ms: Millis = Millis::ms(50), range = PG_TIMEOUT;
         /// Rows per COPY chunk: the unit of streaming and of the memory bound.
         chunk_rows: usize = 8_192, range = Range::at_least(1);
-        /// Event ids remembered as recently stored (per loader's file and batch, and per process's
+        /// Event ids remembered as recently stored (per loader's transaction, and per process's
         /// commits), so most duplicates are dropped without a database lookup; 0 disables it.
         dedup_memory_ids: usize = 16_384,
-            range = Range::at_most(MAX_DEDUP_MEMORY_IDS, "each id costs about 50 bytes in each of 2 x loaders + 1 memories");
+            range = Range::at_most(MAX_DEDUP_MEMORY_IDS, "each id costs about 50 bytes in each of loaders + 1 memories");
         /// At most this many files in one transaction when a backlog builds.
         batch_max_files: usize = 32, range = Range::at_least(1);
         /// A batch closes once it holds this many rows.

@@ -21,7 +21,7 @@ use crate::source::{NotOpened, Opened, Receipt, Unit};
 use crate::store::copy::{copy_rejections, insert_new, CopyNotStarted, FileDedup, KnownIds};
 use crate::store::ledger::{self, Claim};
 use crate::store::pool::{classify, Failure};
-use crate::store::recent_ids::{CommittedIds, RecentIds};
+use crate::store::recent_ids::{CommittedIds, Mark, RecentIds};
 use crate::store::{loading, Pool};
 
 /// Chunks buffered between reader and loader: enough to overlap reading with writing, small
@@ -84,8 +84,6 @@ pub struct LoadedFile {
     pub rejected_by_reason: Vec<(RejectReason, u64)>,
     /// A sample of accepted events' timestamps (µs since the epoch).
     pub event_times: Vec<i64>,
-    /// The file's last valid ids, remembered as stored once the batch commits.
-    pub ids: RecentIds,
     /// Chunks whose ids had to be looked up in the database.
     pub dedup_lookups: u64,
 }
@@ -188,7 +186,8 @@ pub async fn load_batch<U: Unit>(
         .context("cannot begin a transaction")?;
     loading::apply_settings(&tx, settings.conflict_wait).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut batch_ids = RecentIds::new(settings.dedup_memory_ids);
+    // The ids this transaction stored, for its later chunks and files.
+    let mut stored = RecentIds::new(settings.dedup_memory_ids);
     let mut rows = 0;
     for unit in batch {
         let Some(current) = std::mem::replace(&mut next, reading.next()) else {
@@ -197,17 +196,11 @@ pub async fn load_batch<U: Unit>(
         let outcome = match current {
             Err(not_opened) => FileOutcome::from(not_opened),
             Ok(file) => {
-                let known = KnownIds {
-                    batch: &batch_ids,
+                let mut known = KnownIds {
+                    transaction: &mut stored,
                     committed,
                 };
-                let mut outcome = load_file(&mut tx, settings, unit.name(), file, known).await?;
-                if let FileOutcome::Loaded { loaded, .. } = &mut outcome {
-                    for id in std::mem::take(&mut loaded.ids).iter() {
-                        batch_ids.insert(*id);
-                    }
-                }
-                outcome
+                load_file(&mut tx, settings, unit.name(), file, &mut known).await?
             }
         };
         rows += outcome.lines();
@@ -220,7 +213,7 @@ pub async fn load_batch<U: Unit>(
         .await
         .context("COMMIT failed; its outcome is unknown until the ledger is read again")?;
     conn.settle();
-    committed.remember(batch_ids.iter());
+    committed.remember(stored.iter());
     Ok(outcomes)
 }
 
@@ -255,9 +248,11 @@ async fn load_file<O: Opened>(
     settings: &Arc<Settings>,
     name: &str,
     reading: ReadAhead<O>,
-    known: KnownIds<'_>,
+    known: &mut KnownIds<'_>,
 ) -> anyhow::Result<FileOutcome<O::Receipt>> {
     let opened = reading.opened.clone();
+    // Whatever undoes this file undoes its ids in the transaction's memory too.
+    let before = known.transaction.mark();
     let identity = opened.identity();
     let read = opened.receipt();
     let mut sp = tx
@@ -266,7 +261,7 @@ async fn load_file<O: Opened>(
         .context("cannot create a savepoint")?;
     let file_id = match opened.claim(&sp, &settings.instance_id).await? {
         Claim::Busy => {
-            undo(sp).await?;
+            undo(sp, known.transaction, before).await?;
             return Ok(FileOutcome::Busy);
         }
         Claim::Known { file_id, status } => {
@@ -287,20 +282,20 @@ async fn load_file<O: Opened>(
             // those events as duplicates), instead of waiting with the whole batch. A COPY that
             // timed out before it started (a table lock) is not this: its session is out of
             // step and must not run another statement (see `CopyNotStarted`).
-            undo(sp).await?;
+            undo(sp, known.transaction, before).await?;
             return Ok(FileOutcome::Busy);
         }
         Err(e) => return Err(e),
     };
     let failure = match end {
         ReadEnd::Done(reread) if reread != identity => {
-            undo(sp).await?;
+            undo(sp, known.transaction, before).await?;
             return Ok(FileOutcome::Retry(
                 "content changed while it was read".into(),
             ));
         }
         ReadEnd::Interrupted(e) => {
-            undo(sp).await?;
+            undo(sp, known.transaction, before).await?;
             return Ok(FileOutcome::Retry(format!("reading broke off: {e}")));
         }
         ReadEnd::Unreadable(failure) => Some(failure),
@@ -313,7 +308,7 @@ async fn load_file<O: Opened>(
             Ok(FileOutcome::Loaded { loaded, read })
         }
         Some(failure) => {
-            undo(sp).await?;
+            undo(sp, known.transaction, before).await?;
             let file_id = opened
                 .record_failed(tx, &settings.instance_id, &failure)
                 .await?;
@@ -354,8 +349,14 @@ fn read_options(settings: &Settings) -> ReadOptions {
 }
 
 /// Undoes everything one file did in the batch's transaction (back to the file's savepoint),
-/// keeping what the batch's other files did.
-async fn undo(file_savepoint: Transaction<'_>) -> anyhow::Result<()> {
+/// keeping what the batch's other files did; the ids it stored are forgotten (`before` is where
+/// the transaction's memory stood when the file began).
+async fn undo(
+    file_savepoint: Transaction<'_>,
+    stored: &mut RecentIds,
+    before: Mark,
+) -> anyhow::Result<()> {
+    stored.forget_since(before);
     file_savepoint
         .rollback()
         .await
@@ -368,21 +369,20 @@ async fn stream_file(
     settings: &Arc<Settings>,
     mut receiver: mpsc::Receiver<ReadMessage>,
     file_id: i64,
-    known: KnownIds<'_>,
+    known: &mut KnownIds<'_>,
 ) -> anyhow::Result<(ReadEnd, LoadedFile)> {
     let mut loaded = LoadedFile {
         file_id,
         ..LoadedFile::default()
     };
-    let mut dedup = FileDedup::new(settings.dedup_memory_ids);
+    let mut dedup = FileDedup::default();
     let keepalive = keepalive_interval(settings);
-    let (end, mut loaded) = loop {
+    let end = loop {
         let chunk = match next_message(tx, &mut receiver, keepalive).await? {
             Some(ReadMessage::Chunk(chunk)) => chunk,
-            Some(ReadMessage::End(end)) => break (end, loaded),
+            Some(ReadMessage::End(end)) => break end,
             None => {
-                let gone = io::Error::other("reader stopped without finishing");
-                break (ReadEnd::Interrupted(gone), loaded);
+                break ReadEnd::Interrupted(io::Error::other("reader stopped without finishing"))
             }
         };
         let counts = &mut loaded.counts;
@@ -405,7 +405,6 @@ async fn stream_file(
         copy_rejections(tx, file_id, &chunk.rejections).await?;
         count_by_reason(&chunk.rejections, &mut loaded.rejected_by_reason);
     };
-    loaded.ids = dedup.into_ids();
     Ok((end, loaded))
 }
 

@@ -135,7 +135,7 @@ struct LoopContext<S: Source> {
 #[tracing::instrument(name = "loader", skip_all, fields(loader = ctx.index))]
 async fn run_loop<S: Source>(ctx: LoopContext<S>) {
     let LoopContext {
-        index: _,
+        index,
         settings,
         pool,
         shared,
@@ -157,7 +157,12 @@ async fn run_loop<S: Source>(ctx: LoopContext<S>) {
             .into_iter()
             .filter(|u| !skipped.contains_key(&u.key()))
             .collect();
-        let Some(claimed) = InFlight::take(&shared, breaker.batch(&ready), &settings) else {
+        let stretch = Stretch {
+            index,
+            loops: settings.loaders,
+        };
+        let Some(claimed) = InFlight::take(&shared, breaker.batch(&ready), &settings, stretch)
+        else {
             tokio::select! {
                 _ = changes.changed() => {}
                 () = tokio::time::sleep(settings.rescan_interval) => {}
@@ -277,17 +282,26 @@ struct InFlight<'a, S: Source> {
 }
 
 impl<'a, S: Source> InFlight<'a, S> {
-    /// Takes the ready units no other loop is loading, oldest first, that one batch loads (up
-    /// to `batch_max_files`, within `batch_max_bytes`, and as many as are expected to reach
-    /// `batch_max_rows`, see [`LineSize`]); `None` if none. Taking more would keep units the
-    /// batch leaves out from the other loops until it commits, and open them for nothing.
-    fn take(shared: &'a Shared<S>, ready: &[S::Unit], settings: &Settings) -> Option<Self> {
+    /// Takes the ready units no other loop is loading, from where `stretch` starts, that one
+    /// batch loads (up to `batch_max_files`, within `batch_max_bytes`, and as many as are
+    /// expected to reach `batch_max_rows`, see [`LineSize`]); `None` if none. Taking more would
+    /// keep units the batch leaves out from the other loops until it commits, and open them for
+    /// nothing.
+    fn take(
+        shared: &'a Shared<S>,
+        ready: &[S::Unit],
+        settings: &Settings,
+        stretch: Stretch,
+    ) -> Option<Self> {
         let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let free: Vec<S::Unit> = ready
+        let free: Vec<&S::Unit> = ready
             .iter()
             .filter(|u| !in_flight.contains(&u.key()))
+            .collect();
+        let free: Vec<S::Unit> = free[stretch.start(free.len())..]
+            .iter()
             .take(settings.batch_max_files)
-            .cloned()
+            .map(|u| (*u).clone())
             .collect();
         let fitting = within_byte_budget(&free, settings.batch_max_bytes);
         let expected = shared
@@ -316,6 +330,25 @@ impl<S: Source> Drop for InFlight<'_, S> {
         for unit in &self.files {
             in_flight.remove(&unit.key());
         }
+    }
+}
+
+/// Which stretch of the ready units (oldest first) a loop takes its batches from: loop `index`
+/// of `loops` starts `index / loops` of the way in, so on a backlog the loops work on distant
+/// files, while a few ready files are still taken oldest first. Neighbouring files share event
+/// ids (a producer's retries, overlapping exports): loaded side by side in two open
+/// transactions, the second insert of an id waits for the first transaction, and its file is
+/// deferred (`conflict_wait_ms`) and read again later.
+#[derive(Debug, Clone, Copy)]
+struct Stretch {
+    index: usize,
+    loops: usize,
+}
+
+impl Stretch {
+    /// Where this loop starts among `free` units not taken by another loop.
+    fn start(self, free: usize) -> usize {
+        free * self.index / self.loops.max(1)
     }
 }
 
@@ -564,6 +597,18 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loops_start_apart_on_a_backlog_and_take_a_few_units_oldest_first() {
+        let (first, second) = (
+            Stretch { index: 0, loops: 2 },
+            Stretch { index: 1, loops: 2 },
+        );
+        assert_eq!((first.start(100), second.start(100)), (0, 50));
+        assert_eq!((first.start(1), second.start(1)), (0, 0));
+        assert_eq!(second.start(0), 0);
+        assert_eq!(Stretch { index: 2, loops: 3 }.start(3), 2);
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {

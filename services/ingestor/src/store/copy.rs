@@ -192,38 +192,21 @@ impl CopyNotStarted {
 const MAX_CHUNK_ATTEMPTS: usize = 5;
 
 /// How a loader deduplicates one file: optimistic (COPY first, let the primary key find
-/// duplicates) or probe first (look up the chunk's ids, COPY only new ones), and what it
-/// remembers. Probing costs an index lookup per row, as much as a third of the COPY itself, so
-/// it is only done while the database keeps finding duplicates the memory did not know; a chunk
-/// without any switches back to optimistic.
-#[derive(Debug)]
+/// duplicates) or probe first (look up the chunk's ids, COPY only new ones). Probing costs an
+/// index lookup per row, as much as a third of the COPY itself, so it is only done while the
+/// database keeps finding duplicates the memories did not know; a chunk without any switches
+/// back to optimistic.
+#[derive(Debug, Default)]
 pub struct FileDedup {
     probe_first: bool,
-    /// This file's most recent valid ids: stored, or inserted earlier in this transaction.
-    file: RecentIds,
 }
 
-impl FileDedup {
-    /// Dedup state for a new file, remembering up to `capacity` of its ids.
-    pub fn new(capacity: usize) -> Self {
-        FileDedup {
-            probe_first: false,
-            file: RecentIds::new(capacity),
-        }
-    }
-
-    /// The file's remembered ids, for the batch once the file's savepoint is released.
-    pub fn into_ids(self) -> RecentIds {
-        self.file
-    }
-}
-
-/// Ids known to be stored before a file starts: those of files loaded earlier in the same
-/// transaction, and those this process committed recently.
-#[derive(Debug, Clone, Copy)]
+/// Ids known to be stored before a chunk is inserted.
+#[derive(Debug)]
 pub struct KnownIds<'a> {
-    /// Files loaded earlier in this transaction (their savepoints released).
-    pub batch: &'a RecentIds,
+    /// Stored by this transaction: its released files' and the current file's earlier chunks'
+    /// (a file undone to its savepoint forgets its own, see `RecentIds::forget_since`).
+    pub transaction: &'a mut RecentIds,
     /// Committed by this process.
     pub committed: &'a CommittedIds,
 }
@@ -242,7 +225,7 @@ pub struct ChunkInserted {
 /// Inserts the chunk's events that are not stored yet.
 ///
 /// Ids repeated inside the chunk, or remembered as stored (see [`RecentIds`]), are dropped in
-/// memory. The rest is COPYed under a savepoint; if the primary key reports a duplicate, the
+/// memory; the chunk's ids are remembered in `known.transaction` once it is stored. The rest is COPYed under a savepoint; if the primary key reports a duplicate, the
 /// chunk is rolled back, its stored ids are looked up (this also sees rows written earlier in
 /// the same transaction) and the new ones COPYed.
 ///
@@ -253,7 +236,7 @@ pub async fn insert_new(
     file_id: i64,
     events: Vec<LineEvent>,
     dedup: &mut FileDedup,
-    known: KnownIds<'_>,
+    known: &mut KnownIds<'_>,
 ) -> anyhow::Result<ChunkInserted> {
     let total = events.len() as u64;
     let ids: Vec<Uuid> = events.iter().map(|e| *e.event.event_id.as_uuid()).collect();
@@ -264,10 +247,7 @@ pub async fn insert_new(
         .zip(committed)
         .filter(|(e, committed)| {
             let id = e.event.event_id.as_uuid();
-            in_chunk.insert(*id)
-                && !committed
-                && !dedup.file.contains(id)
-                && !known.batch.contains(id)
+            in_chunk.insert(*id) && !committed && !known.transaction.contains(id)
         })
         .map(|(e, _)| e)
         .collect();
@@ -289,7 +269,7 @@ pub async fn insert_new(
                     .context("cannot release the chunk savepoint")?;
                 dedup.probe_first = batch.len() < unique;
                 for id in ids {
-                    dedup.file.insert(id);
+                    known.transaction.insert(id);
                 }
                 return Ok(ChunkInserted {
                     accepted: written,

@@ -5,12 +5,13 @@
 //! between consecutive files. Without this memory each such duplicate makes the optimistic COPY
 //! of its chunk fail on the primary key, after which the chunk is rolled back, its ids looked up
 //! and the rest copied again (see `store::copy`); at 1% duplicates that is nearly every chunk.
-//! Remembering the last ids of the current file, and the last ids this process committed, lets
-//! the chunk be filtered first and the COPY succeed at once.
+//! Remembering the last ids stored by the current transaction, and the last ids this process
+//! committed, lets the chunk be filtered first and the COPY succeed at once.
 //!
 //! A hit here is only ever a *stored* event: ids enter the committed memory after their
-//! transaction's COMMIT succeeded, and the per-file memory lives within one transaction attempt
-//! (a rolled-back attempt starts over with an empty one). Both are bounded (oldest id evicted
+//! transaction's COMMIT succeeded, and the transaction's memory lives within one transaction
+//! attempt (a rolled-back attempt starts over with an empty one; a file rolled back to its
+//! savepoint forgets what it added, see [`RecentIds::forget_since`]). Both are bounded (oldest id evicted
 //! first), so memory stays fixed whatever the file size. Rows deleted from `events` by hand
 //! while the ingestor runs would still be remembered for a few seconds and a re-delivery of them
 //! counted as duplicates; nothing in the product deletes events while it runs (`reset` refuses).
@@ -18,7 +19,7 @@
 //! beside a `HashSet`.
 //!
 //! The sets of ids hash with [`IdHashing`], not std's SipHash: every row's id is hashed about
-//! six times on its way (the chunk's own set, the three memories, the insertions), and with
+//! several times on its way (the chunk's own set, the two memories, the insertions), and with
 //! SipHash that was a tenth of the ingestor's instructions.
 
 use std::collections::{HashSet, VecDeque};
@@ -33,7 +34,13 @@ pub struct RecentIds {
     order: VecDeque<Uuid>,
     set: HashSet<Uuid, IdHashing>,
     capacity: usize,
+    /// Ids ever appended to `order`: where a [`Mark`] points.
+    appended: u64,
 }
+
+/// A point in a [`RecentIds`]' history: what was remembered after it can be forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(u64);
 
 impl RecentIds {
     /// An empty set remembering at most `capacity` ids (0 remembers nothing).
@@ -42,6 +49,7 @@ impl RecentIds {
             order: VecDeque::new(),
             set: HashSet::default(),
             capacity,
+            appended: 0,
         }
     }
 
@@ -56,11 +64,29 @@ impl RecentIds {
             return;
         }
         self.order.push_back(id);
+        self.appended += 1;
         if self.order.len() > self.capacity {
             if let Some(oldest) = self.order.pop_front() {
                 self.set.remove(&oldest);
             }
         }
+    }
+
+    /// Where the memory stands now.
+    pub fn mark(&self) -> Mark {
+        Mark(self.appended)
+    }
+
+    /// Forgets the ids remembered since `mark` (their rows were rolled back). They are the
+    /// newest ones, so they are at the back; those already evicted are gone anyway.
+    pub fn forget_since(&mut self, mark: Mark) {
+        let since = self.appended.saturating_sub(mark.0);
+        for _ in 0..since.min(self.order.len() as u64) {
+            if let Some(id) = self.order.pop_back() {
+                self.set.remove(&id);
+            }
+        }
+        self.appended = self.appended.min(mark.0);
     }
 
     /// The remembered ids, oldest first.
@@ -213,6 +239,35 @@ mod tests {
             recent.iter().copied().collect::<Vec<_>>(),
             [id(3), id(4), id(5)]
         );
+    }
+
+    #[test]
+    fn forgetting_since_a_mark_drops_only_what_came_after_it() {
+        let mut recent = RecentIds::new(4);
+        recent.insert(id(1));
+        recent.insert(id(2));
+        let mark = recent.mark();
+        recent.insert(id(2)); // already remembered: not the file's to forget
+        recent.insert(id(3));
+        recent.forget_since(mark);
+        assert_eq!(recent.iter().copied().collect::<Vec<_>>(), [id(1), id(2)]);
+        assert!(!recent.contains(&id(3)));
+
+        // A file that remembered more than the capacity evicted everything before it.
+        let mark = recent.mark();
+        for n in 10..16 {
+            recent.insert(id(n));
+        }
+        recent.forget_since(mark);
+        assert!(recent.is_empty());
+        assert!((10..16).all(|n| !recent.contains(&id(n))));
+
+        // Marks taken after a forget still point at the right place.
+        recent.insert(id(20));
+        let mark = recent.mark();
+        recent.insert(id(21));
+        recent.forget_since(mark);
+        assert_eq!(recent.iter().copied().collect::<Vec<_>>(), [id(20)]);
     }
 
     #[test]
