@@ -221,15 +221,20 @@ pub async fn load_batch<U: Unit>(
 /// the first (none if there are none): a file bigger than the budget is loaded in a batch of
 /// its own, and one that no longer fits waits for the next batch.
 pub fn within_byte_budget<U: Unit>(units: &[U], budget: u64) -> &[U] {
+    &units[..units_within_bytes(units.iter().map(Unit::size), budget)]
+}
+
+/// How many of the units of `sizes` [`within_byte_budget`] keeps.
+pub fn units_within_bytes(sizes: impl ExactSizeIterator<Item = u64>, budget: u64) -> usize {
+    let units = sizes.len();
     let mut bytes = 0u64;
-    let fitting = units
-        .iter()
-        .take_while(|u| {
-            bytes = bytes.saturating_add(u.size());
+    let fitting = sizes
+        .take_while(|size| {
+            bytes = bytes.saturating_add(*size);
             bytes <= budget
         })
         .count();
-    &units[..fitting.max(1).min(units.len())]
+    fitting.max(1).min(units)
 }
 
 /// Opens (pins and identifies) a unit on a blocking thread. What it returns is the only thing

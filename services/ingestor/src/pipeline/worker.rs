@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::line_size::LineSize;
-use super::loader::{load_batch, within_byte_budget, FileOutcome, LoadedFile};
+use super::loader::{load_batch, units_within_bytes, FileOutcome, LoadedFile};
 use crate::config::Settings;
 use crate::internal_events::{
     BatchCommitted, BatchDataRefused, BatchEnded, DatabaseFailed, FileAlreadyLoaded, FileFailed,
@@ -298,21 +298,28 @@ impl<'a, S: Source> InFlight<'a, S> {
             .iter()
             .filter(|u| !in_flight.contains(&u.key()))
             .collect();
-        let free: Vec<S::Unit> = free[stretch.start(free.len())..]
+        let from_front = Self::batch_size(shared, &free, settings);
+        let start = stretch.start(free.len(), from_front);
+        let files: Vec<S::Unit> = free[start..]
             .iter()
-            .take(settings.batch_max_files)
+            .take(Self::batch_size(shared, &free[start..], settings))
             .map(|u| (*u).clone())
             .collect();
-        let fitting = within_byte_budget(&free, settings.batch_max_bytes);
-        let expected = shared
-            .line_size
-            .expected_units(fitting.iter().map(Unit::size), settings.batch_max_rows);
-        let files = fitting[..expected].to_vec();
         if files.is_empty() {
             return None;
         }
         in_flight.extend(files.iter().map(Unit::key));
         Some(InFlight { shared, files })
+    }
+
+    /// How many of `free`, from its start, one batch takes: up to `batch_max_files`, within
+    /// `batch_max_bytes`, and as many as are expected to reach `batch_max_rows`.
+    fn batch_size(shared: &Shared<S>, free: &[&S::Unit], settings: &Settings) -> usize {
+        let sizes = || free.iter().take(settings.batch_max_files).map(|u| u.size());
+        let fitting = units_within_bytes(sizes(), settings.batch_max_bytes);
+        shared
+            .line_size
+            .expected_units(sizes().take(fitting), settings.batch_max_rows)
     }
 
     fn files(&self) -> &[S::Unit] {
@@ -333,12 +340,12 @@ impl<S: Source> Drop for InFlight<'_, S> {
     }
 }
 
-/// Which stretch of the ready units (oldest first) a loop takes its batches from: loop `index`
-/// of `loops` starts `index / loops` of the way in, so on a backlog the loops work on distant
-/// files, while a few ready files are still taken oldest first. Neighbouring files share event
-/// ids (a producer's retries, overlapping exports): loaded side by side in two open
-/// transactions, the second insert of an id waits for the first transaction, and its file is
-/// deferred (`conflict_wait_ms`) and read again later.
+/// Which stretch of the ready units (oldest first) a loop takes its batches from. When they are
+/// more than one batch for each loop (a backlog), loop `index` of `loops` starts `index / loops`
+/// of the way in, so that the loops work on distant files; otherwise every loop takes from the
+/// oldest. Neighbouring files share event ids (a producer's retries, overlapping exports):
+/// loaded side by side in two open transactions, the second insert of an id waits for the
+/// first transaction, and its file is deferred (`conflict_wait_ms`) and read again later.
 #[derive(Debug, Clone, Copy)]
 struct Stretch {
     index: usize,
@@ -346,9 +353,14 @@ struct Stretch {
 }
 
 impl Stretch {
-    /// Where this loop starts among `free` units not taken by another loop.
-    fn start(self, free: usize) -> usize {
-        free * self.index / self.loops.max(1)
+    /// Where this loop starts among `free` units not taken by another loop, of which one batch
+    /// takes `batch` from the oldest.
+    fn start(self, free: usize, batch: usize) -> usize {
+        if free >= batch.max(1).saturating_mul(self.loops) {
+            free * self.index / self.loops.max(1)
+        } else {
+            0
+        }
     }
 }
 
@@ -604,10 +616,13 @@ mod tests {
             Stretch { index: 0, loops: 2 },
             Stretch { index: 1, loops: 2 },
         );
-        assert_eq!((first.start(100), second.start(100)), (0, 50));
-        assert_eq!((first.start(1), second.start(1)), (0, 0));
-        assert_eq!(second.start(0), 0);
-        assert_eq!(Stretch { index: 2, loops: 3 }.start(3), 2);
+        // A backlog of 100 files, 5 to a batch: the second loop starts half-way.
+        assert_eq!((first.start(100, 5), second.start(100, 5)), (0, 50));
+        assert_eq!(Stretch { index: 2, loops: 3 }.start(30, 10), 20);
+        // Fewer than a batch per loop: both take the oldest (the second loop takes what the
+        // first one left, as one batch).
+        assert_eq!((first.start(9, 5), second.start(9, 5)), (0, 0));
+        assert_eq!((second.start(1, 1), second.start(0, 0)), (0, 0));
     }
 
     #[test]
