@@ -201,6 +201,18 @@ async fn run_loop<S: Source>(ctx: LoopContext<S>) {
                         shared.line_size.learn(unit.size(), loaded.counts.lines);
                     }
                 }
+                // Units the batch ended before (its row limit, or shutdown): opened, never
+                // claimed. Said so, a source stops counting them as being loaded (a Kafka
+                // consumer giving up a partition waits for its ranges in flight).
+                for unit in &batch[outcomes.len()..] {
+                    finish(
+                        &shared.source,
+                        &state.metrics,
+                        unit,
+                        FileOutcome::NotReached,
+                        &mut skipped,
+                    );
+                }
                 for (unit, outcome) in outcomes {
                     finish(&shared.source, &state.metrics, &unit, outcome, &mut skipped);
                 }
@@ -493,8 +505,12 @@ fn finish<S: Source>(
         .emit(metrics),
         FileOutcome::Retry(why) => FileRetried { name, reason: why }.emit(metrics),
         // A refusal is the source's to report (once per name), in its acknowledgement.
-        FileOutcome::Busy | FileOutcome::Vanished | FileOutcome::Refused { .. } => {}
+        FileOutcome::Busy
+        | FileOutcome::Vanished
+        | FileOutcome::Refused { .. }
+        | FileOutcome::NotReached => {}
     }
+    let not_reached = matches!(outcome, FileOutcome::NotReached);
     if let Err(e) = source.acknowledge(unit, outcome.settled(), metrics) {
         FileNotMoved {
             name,
@@ -503,8 +519,11 @@ fn finish<S: Source>(
         }
         .emit(metrics);
     }
-    // Whatever happened, give the source a moment before offering this unit again.
-    skipped.insert(unit.key(), Instant::now() + SKIP_FOR);
+    // Whatever happened to it, give the source a moment before offering this unit again; one
+    // the batch did not reach is simply next.
+    if !not_reached {
+        skipped.insert(unit.key(), Instant::now() + SKIP_FOR);
+    }
 }
 
 fn emit_loaded(metrics: &Metrics, unit: &impl Unit, loaded: &LoadedFile) {
