@@ -155,7 +155,7 @@ async fn a_replica_frozen_after_commit_leaves_a_reused_name_to_be_loaded() {
         format!("{:#?}", frozen.log_lines())
     })
     .await;
-    signal(frozen.pid(), "STOP");
+    freeze(frozen.pid());
     gate.open().await;
     wait_for_finished(&db, 1).await;
 
@@ -310,7 +310,10 @@ impl HeldEventId {
 }
 
 /// Makes every COMMIT that wrote to the ledger wait until the test opens it: a deferred
-/// constraint trigger runs at COMMIT and takes, shared, an advisory lock the test holds.
+/// constraint trigger runs at COMMIT and takes, shared, an advisory lock the test holds. It
+/// lifts the loader's own `lock_timeout` (`conflict_wait_ms`, 50 ms) first: under it the COMMIT
+/// gave up, and its batch rolled back, whenever a loaded machine let the test take longer than
+/// that between seeing the wait and opening the gate.
 struct CommitGate {
     client: Client,
 }
@@ -323,7 +326,8 @@ impl CommitGate {
         client
             .batch_execute(&format!(
                 "CREATE FUNCTION test_commit_gate() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN PERFORM pg_advisory_xact_lock_shared({lock}); RETURN NULL; END $$; \
+                 $$ BEGIN PERFORM set_config('lock_timeout', '0', true); \
+                 PERFORM pg_advisory_xact_lock_shared({lock}); RETURN NULL; END $$; \
                  CREATE CONSTRAINT TRIGGER test_commit_gate AFTER INSERT OR UPDATE ON ingest_files \
                  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_commit_gate(); \
                  SELECT pg_advisory_lock({lock});",

@@ -154,6 +154,34 @@ pub fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
+/// SIGSTOP, and wait until every thread of the process is stopped. `kill` returns before they
+/// are: one thread takes the signal and stops the others when the scheduler next runs it, and
+/// on a loaded machine the rest ran on meanwhile (a COMMIT answered just then was acted on).
+pub fn freeze(pid: u32) {
+    signal(pid, "STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_threads_stopped(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "{pid} did not stop after SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether every thread in `/proc/<pid>/task` is in state `T` (stopped by a signal).
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|task| task.unwrap().path().join("stat"))
+        .all(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            let stat = std::fs::read_to_string(stat).unwrap_or_default();
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+}
+
 /// Fault-injection knobs for [`generate`].
 #[derive(Clone, Copy, Default)]
 pub struct Faults {
