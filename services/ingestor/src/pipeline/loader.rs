@@ -71,8 +71,6 @@ pub enum FileOutcome<R> {
     },
     /// It changed or could not be read to the end; nothing of it was kept; try again later.
     Retry(String),
-    /// The batch ended before it (its row limit, or shutdown): opened, never claimed.
-    NotReached,
 }
 
 /// A committed file's accounting.
@@ -119,10 +117,7 @@ impl<R> FileOutcome<R> {
                 read,
             },
             FileOutcome::Refused { kind, message } => Settled::Refused { kind, message },
-            FileOutcome::Busy
-            | FileOutcome::Vanished
-            | FileOutcome::Retry(_)
-            | FileOutcome::NotReached => Settled::Untouched,
+            FileOutcome::Busy | FileOutcome::Vanished | FileOutcome::Retry(_) => Settled::Untouched,
         }
     }
 }

@@ -203,15 +203,10 @@ async fn run_loop<S: Source>(ctx: LoopContext<S>) {
                 }
                 // Units the batch ended before (its row limit, or shutdown): opened, never
                 // claimed. Said so, a source stops counting them as being loaded (a Kafka
-                // consumer giving up a partition waits for its ranges in flight).
+                // consumer giving up a partition waits for its ranges in flight); they are not
+                // skipped, but simply next.
                 for unit in &batch[outcomes.len()..] {
-                    finish(
-                        &shared.source,
-                        &state.metrics,
-                        unit,
-                        FileOutcome::NotReached,
-                        &mut skipped,
-                    );
+                    acknowledge(&shared.source, &state.metrics, unit, Settled::Untouched);
                 }
                 for (unit, outcome) in outcomes {
                     finish(&shared.source, &state.metrics, &unit, outcome, &mut skipped);
@@ -505,24 +500,27 @@ fn finish<S: Source>(
         .emit(metrics),
         FileOutcome::Retry(why) => FileRetried { name, reason: why }.emit(metrics),
         // A refusal is the source's to report (once per name), in its acknowledgement.
-        FileOutcome::Busy
-        | FileOutcome::Vanished
-        | FileOutcome::Refused { .. }
-        | FileOutcome::NotReached => {}
+        FileOutcome::Busy | FileOutcome::Vanished | FileOutcome::Refused { .. } => {}
     }
-    let not_reached = matches!(outcome, FileOutcome::NotReached);
-    if let Err(e) = source.acknowledge(unit, outcome.settled(), metrics) {
+    acknowledge(source, metrics, unit, outcome.settled());
+    // Whatever happened to it, give the source a moment before offering this unit again.
+    skipped.insert(unit.key(), Instant::now() + SKIP_FOR);
+}
+
+/// Has the source acknowledge a unit; a unit it cannot move is logged and counted.
+fn acknowledge<S: Source>(
+    source: &S,
+    metrics: &Metrics,
+    unit: &S::Unit,
+    settled: Settled<'_, Receipt<S::Unit>>,
+) {
+    if let Err(e) = source.acknowledge(unit, settled, metrics) {
         FileNotMoved {
-            name,
+            name: unit.name(),
             which: UnmovedFile::Finished,
             error: &e,
         }
         .emit(metrics);
-    }
-    // Whatever happened to it, give the source a moment before offering this unit again; one
-    // the batch did not reach is simply next.
-    if !not_reached {
-        skipped.insert(unit.key(), Instant::now() + SKIP_FOR);
     }
 }
 

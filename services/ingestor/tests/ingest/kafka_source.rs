@@ -57,18 +57,39 @@ pub(crate) fn events(files: u64, rows: u64, seed: u64, faults: Faults) -> (Vec<V
     (lines, expected)
 }
 
-/// Produces `lines` to `events`, message `i` to partition `i % partitions`; returns how many
-/// went to each partition.
+/// Produces `lines` to `events`, message `i` to partition `i % partitions`, as one burst;
+/// returns how many went to each partition.
 pub(crate) fn produce(mock: &Mock, lines: &[Vec<u8>], partitions: i32) -> BTreeMap<i32, i64> {
+    send(&mock.bootstrap_servers(), lines, partitions, 0, Pace::Burst)
+}
+
+/// How [`send`] produces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// As fast as the client takes them.
+    Burst,
+    /// A steady stream of about 10k messages/s, so that rebalances happen mid-stream.
+    Stream,
+}
+
+/// Produces `lines` to `events` on the cluster at `bootstrap`, message `i` to partition
+/// `(i + shift) % partitions`; returns how many went to each partition.
+fn send(
+    bootstrap: &str,
+    lines: &[Vec<u8>],
+    partitions: i32,
+    shift: i32,
+    pace: Pace,
+) -> BTreeMap<i32, i64> {
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", bootstrap)
         .set("queue.buffering.max.messages", "1000000")
         .set("linger.ms", "5")
         .create()
         .unwrap();
     let mut counts = BTreeMap::new();
     for (i, line) in lines.iter().enumerate() {
-        let partition = i as i32 % partitions;
+        let partition = (i as i32 + shift) % partitions;
         let mut record = BaseRecord::<(), [u8]>::to(TOPIC)
             .payload(line.as_slice())
             .partition(partition);
@@ -82,6 +103,10 @@ pub(crate) fn produce(mock: &Mock, lines: &[Vec<u8>], partitions: i32) -> BTreeM
             }
         }
         *counts.entry(partition).or_insert(0) += 1;
+        if pace == Pace::Stream && i % 200 == 199 {
+            producer.poll(Duration::ZERO);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     counts
@@ -407,44 +432,52 @@ async fn a_consumer_that_dies_holding_partitions_is_taken_over_exactly_once() {
         .contains("ingestor_kafka_assigned_partitions 4"));
 }
 
-/// Produces `lines` to `events` on the cluster at `bootstrap`, from a thread of its own, with
-/// message `i` going to partition `(i + shift) % partitions`.
+/// Produces `lines` to `events` on the cluster at `bootstrap` as a steady stream (about 10k
+/// messages/s), from a thread of its own, message `i` to partition `(i + shift) % partitions`.
 fn produce_to(
     bootstrap: &str,
     lines: &[Vec<u8>],
     partitions: i32,
     shift: i32,
 ) -> BTreeMap<i32, i64> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    let mut counts = BTreeMap::new();
-    for (i, line) in lines.iter().enumerate() {
-        let partition = (i as i32 + shift) % partitions;
-        let mut record = BaseRecord::<(), [u8]>::to(TOPIC)
-            .payload(line.as_slice())
-            .partition(partition);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = returned;
-                }
-            }
-        }
-        *counts.entry(partition).or_insert(0) += 1;
-        // A steady stream (about 10k messages/s), not one burst: rebalances happen
-        // mid-stream.
-        if i % 200 == 199 {
-            producer.poll(Duration::ZERO);
-            std::thread::sleep(Duration::from_millis(20));
+    send(bootstrap, lines, partitions, shift, Pace::Stream)
+}
+
+/// What the streaming tests start from: a fresh database, `files` x 10,000 of the generator's
+/// events (0.5% invalid rows, 2% duplicates) as messages, and a mock cluster of six partitions
+/// with the ingestor's environment for it, ranges of at most `batch_max_messages`.
+struct FaultyStream {
+    db: TestDatabase,
+    lines: Vec<Vec<u8>>,
+    expected: Expected,
+    mock: Mock,
+    input: tempfile::TempDir,
+    envs: Vec<(String, String)>,
+}
+
+impl FaultyStream {
+    async fn new(files: u64, seed: u64, batch_max_messages: &'static str) -> Self {
+        let db = TestDatabase::create().await;
+        let faults = Faults {
+            invalid: 0.005,
+            duplicate: 0.02,
+            late: 0.0,
+        };
+        let (lines, expected) = events(files, 10_000, seed, faults);
+        let mock = cluster(6);
+        let envs = kafka_envs(
+            &mock,
+            &[("INGESTOR_KAFKA_BATCH_MAX_MESSAGES", batch_max_messages)],
+        );
+        FaultyStream {
+            db,
+            lines,
+            expected,
+            mock,
+            input: tempfile::tempdir().unwrap(),
+            envs,
         }
     }
-    producer.flush(Duration::from_secs(60)).unwrap();
-    counts
 }
 
 /// Waits until the unlabelled gauge `name` is above zero.
@@ -481,39 +514,40 @@ fn wait_for_metric(ingestor: &Ingestor, series: &str, timeout: Duration) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_consumers_joining_and_leaving_mid_stream_load_every_range_once() {
     // Arrange
-    let db = TestDatabase::create().await;
-    let (lines, expected) = events(
-        8,
-        10_000,
-        144,
-        Faults {
-            invalid: 0.005,
-            duplicate: 0.02,
-            late: 0.0,
-        },
-    );
-    let mock = cluster(6);
-    let input = tempfile::tempdir().unwrap();
-    let envs = kafka_envs(&mock, &[("INGESTOR_KAFKA_BATCH_MAX_MESSAGES", "300")]);
-    let url = ingestor_url(&db);
-    let client = db.client().await;
+    let stream = FaultyStream::new(8, 144, "300").await;
+    let (url, input, lines) = (ingestor_url(&stream.db), stream.input.path(), stream.lines);
+    let client = stream.db.client().await;
+    // The second half of the stream starts once the third consumer has joined, so that every
+    // consumer has messages to load while it is a member, however slowly a busy machine
+    // starts them.
+    let (third_joined, wait_for_third) = std::sync::mpsc::channel::<()>();
     let producing = {
-        let bootstrap = mock.bootstrap_servers();
-        std::thread::spawn(move || produce_to(&bootstrap, &lines, 6, 0))
+        let bootstrap = stream.mock.bootstrap_servers();
+        std::thread::spawn(move || {
+            let (first, rest) = lines.split_at(lines.len() / 2);
+            let mut counts = produce_to(&bootstrap, first, 6, 0);
+            wait_for_third.recv().unwrap();
+            let shift = (first.len() % 6) as i32;
+            for (partition, n) in produce_to(&bootstrap, rest, 6, shift) {
+                *counts.entry(partition).or_insert(0) += n;
+            }
+            counts
+        })
     };
 
     // Act
     // In one process, so each names itself (the default is host and pid).
     let consumer = |name: &'static str| {
-        let mut envs = envs.clone();
+        let mut envs = stream.envs.clone();
         envs.push(("INGESTOR_INSTANCE_ID".to_owned(), name.to_owned()));
         envs
     };
-    let a = spawn_app(&url, input.path(), &borrowed(&consumer("a"))).await;
+    let a = spawn_app(&url, input, &borrowed(&consumer("a"))).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let b = spawn_app(&url, input.path(), &borrowed(&consumer("b"))).await;
+    let b = spawn_app(&url, input, &borrowed(&consumer("b"))).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let c = spawn_app(&url, input.path(), &borrowed(&consumer("c"))).await;
+    let c = spawn_app(&url, input, &borrowed(&consumer("c"))).await;
+    third_joined.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     a.stop().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -522,7 +556,7 @@ async fn three_consumers_joining_and_leaving_mid_stream_load_every_range_once() 
     wait_for_offsets(&client, &counts, LOAD_TIMEOUT).await;
 
     // Assert
-    assert_exactly_once(&client, &expected, &counts).await;
+    assert_exactly_once(&client, &stream.expected, &counts).await;
     let shares: BTreeMap<String, i64> = client
         .query(
             "SELECT claimed_by, count(*) FROM ingest_files GROUP BY 1",
@@ -824,26 +858,14 @@ async fn the_generators_json_messages_are_accounted_for_exactly_as_the_generator
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_stream_into_two_loaders_accounts_for_every_offset_of_every_range() {
     // Arrange
-    let db = TestDatabase::create().await;
-    let (lines, expected) = events(
-        6,
-        10_000,
-        149,
-        Faults {
-            invalid: 0.005,
-            duplicate: 0.02,
-            late: 0.0,
-        },
-    );
-    let mock = cluster(6);
-    let input = tempfile::tempdir().unwrap();
-    let envs = kafka_envs(&mock, &[("INGESTOR_KAFKA_BATCH_MAX_MESSAGES", "10000")]);
-    let app = spawn_app(&ingestor_url(&db), input.path(), &borrowed(&envs)).await;
-    let client = db.client().await;
+    let stream = FaultyStream::new(6, 149, "10000").await;
+    let url = ingestor_url(&stream.db);
+    let app = spawn_app(&url, stream.input.path(), &borrowed(&stream.envs)).await;
+    let client = stream.db.client().await;
 
     // Act
     let counts = {
-        let bootstrap = mock.bootstrap_servers();
+        let (bootstrap, lines) = (stream.mock.bootstrap_servers(), stream.lines);
         std::thread::spawn(move || produce_to(&bootstrap, &lines, 6, 0))
             .join()
             .unwrap()
@@ -851,6 +873,6 @@ async fn a_live_stream_into_two_loaders_accounts_for_every_offset_of_every_range
     wait_for_offsets(&client, &counts, LOAD_TIMEOUT).await;
 
     // Assert
-    assert_exactly_once(&client, &expected, &counts).await;
+    assert_exactly_once(&client, &stream.expected, &counts).await;
     app.stop().await.unwrap();
 }

@@ -387,6 +387,16 @@ mod tests {
         }
     }
 
+    /// Partition 0 assigned at offset 0, holding the messages at `offsets`.
+    fn partition_zero_holding(offsets: std::ops::Range<i64>) -> Partitions {
+        let partitions = Partitions::default();
+        partitions.assign([(key(0), Some(0))]);
+        for offset in offsets {
+            partitions.push(&key(0), message(offset));
+        }
+        partitions
+    }
+
     fn offsets(offered: &Offered) -> Vec<i64> {
         offered.messages.iter().map(|m| m.offset).collect()
     }
@@ -419,11 +429,7 @@ mod tests {
 
     #[test]
     fn a_reposition_drops_the_buffer_asks_for_a_seek_and_outdates_earlier_ranges() {
-        let partitions = Partitions::default();
-        partitions.assign([(key(0), Some(0))]);
-        for offset in 0..5 {
-            partitions.push(&key(0), message(offset));
-        }
+        let partitions = partition_zero_holding(0..5);
         let stale = partitions.ready(10, Duration::ZERO).remove(0);
         partitions.reposition(&key(0), stale.generation, 3);
         assert_eq!(
@@ -466,11 +472,7 @@ mod tests {
 
     #[test]
     fn a_stale_range_finding_the_stored_offset_where_the_consumer_is_changes_nothing() {
-        let partitions = Partitions::default();
-        partitions.assign([(key(0), Some(0))]);
-        for offset in 0..6 {
-            partitions.push(&key(0), message(offset));
-        }
+        let partitions = partition_zero_holding(0..6);
         let first = partitions.ready(3, Duration::ZERO).remove(0);
         let stale = first.clone();
         assert!(partitions.committed(&key(0), first.generation, 0, 3));
@@ -493,11 +495,7 @@ mod tests {
 
     #[test]
     fn a_full_partition_is_paused_and_resumed_at_half() {
-        let partitions = Partitions::default();
-        partitions.assign([(key(0), Some(0))]);
-        for offset in 0..4 {
-            partitions.push(&key(0), message(offset));
-        }
+        let partitions = partition_zero_holding(0..4);
         assert_eq!(partitions.flow_changes(4).pause, [key(0)]);
         assert_eq!(partitions.flow_changes(4), FlowChanges::default());
         let ready = partitions.ready(10, Duration::ZERO).remove(0);
