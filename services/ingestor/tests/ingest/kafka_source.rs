@@ -433,7 +433,8 @@ async fn a_consumer_that_dies_holding_partitions_is_taken_over_exactly_once() {
 }
 
 /// Produces `lines` to `events` on the cluster at `bootstrap` as a steady stream (about 10k
-/// messages/s), from a thread of its own, message `i` to partition `(i + shift) % partitions`.
+/// messages/s), message `i` to partition `(i + shift) % partitions`; the tests run it on a
+/// thread of their own while the ingestors load.
 fn produce_to(
     bootstrap: &str,
     lines: &[Vec<u8>],
