@@ -9,6 +9,7 @@ use crate::column::{Column, COLUMNS, HEADER_LINE};
 use crate::domain::{
     Event, EventId, EventTimestamp, EventType, Price, ProductId, UserId, ValidationContext,
 };
+use crate::records::Fields;
 use crate::reject::{RejectReason, Rejection};
 
 /// What to do with header columns the contract does not know.
@@ -85,13 +86,13 @@ impl HeaderLayout {
     /// # Errors
     /// A [`HeaderError`] when a column is missing, repeated, not UTF-8, or unknown under
     /// [`ExtraColumnPolicy::Fail`].
-    pub fn from_header(
-        header: &ByteRecord,
+    pub fn from_header<'h>(
+        header: impl IntoIterator<Item = &'h [u8]>,
         policy: ExtraColumnPolicy,
     ) -> Result<Self, HeaderError> {
         let mut positions: [Option<usize>; 6] = [None; 6];
-        let mut seen: Vec<&str> = Vec::with_capacity(header.len());
-        for (index, raw) in header.iter().enumerate() {
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, raw) in header.into_iter().enumerate() {
             let raw = if index == 0 {
                 raw.strip_prefix(UTF8_BOM).unwrap_or(raw)
             } else {
@@ -117,7 +118,7 @@ impl HeaderLayout {
         }
         Ok(HeaderLayout {
             positions: resolved,
-            width: header.len(),
+            width: seen.len(),
         })
     }
 
@@ -131,40 +132,53 @@ impl HeaderLayout {
     /// the validator's set-up), `None` otherwise (the caller then checks field by field, in
     /// column order, for the rejection). A field is valid on its own exactly when its bounds in
     /// the valid whole are character boundaries, which slicing the whole checks.
-    fn fields_as_text<'r>(&self, record: &'r ByteRecord) -> Option<[&'r str; 6]> {
-        // `as_slice` is every field's bytes back to back, in order.
-        let whole = std::str::from_utf8(record.as_slice()).ok()?;
+    fn fields_as_text<'r>(&self, record: Fields<'r>) -> Option<[&'r str; 6]> {
+        let whole = std::str::from_utf8(record.bytes()).ok()?;
         let mut text = [""; 6];
-        let mut start = 0;
-        for (index, field) in record.iter().enumerate() {
-            let end = start + field.len();
-            for column in COLUMNS {
-                if self.positions[column.index()] == index {
-                    text[column.index()] = whole.get(start..end)?;
-                }
-            }
-            start = end;
+        for column in COLUMNS {
+            text[column.index()] = whole.get(record.range(self.positions[column.index()])?)?;
         }
         Some(text)
     }
 
-    fn field<'r>(&self, record: &'r ByteRecord, column: Column) -> &'r [u8] {
-        // `parse_record` checked the record's width first, so every position exists.
+    fn field<'r>(&self, record: Fields<'r>, column: Column) -> &'r [u8] {
+        // `parse_fields` checked the record's width first, so every position exists.
         record
             .get(self.positions[column.index()])
             .unwrap_or_default()
     }
 }
 
-/// Parses one data record into an [`Event`], or says why it breaks the contract.
+/// Parses one data record into an [`Event`], or says why it breaks the contract (see
+/// [`parse_fields`]).
+///
+/// # Errors
+/// A [`Rejection`] with the reason and a message naming the field and its value.
+pub fn parse_record(
+    record: &ByteRecord,
+    layout: &HeaderLayout,
+    ctx: &ValidationContext,
+) -> Result<Event, Rejection> {
+    let ends = field_ends(record);
+    parse_fields(Fields::packed(record.as_slice(), &ends), layout, ctx)
+}
+
+/// Where each field of `record` ends in its `as_slice`.
+fn field_ends(record: &ByteRecord) -> Vec<usize> {
+    (0..record.len())
+        .filter_map(|index| record.range(index).map(|range| range.end))
+        .collect()
+}
+
+/// Parses one data record's fields into an [`Event`], or says why it breaks the contract.
 ///
 /// Checks run in a fixed order (field count, UTF-8, then each column in canonical order), so a
 /// record with one fault always gets that fault's reason.
 ///
 /// # Errors
 /// A [`Rejection`] with the reason and a message naming the field and its value.
-pub fn parse_record(
-    record: &ByteRecord,
+pub fn parse_fields(
+    record: Fields<'_>,
     layout: &HeaderLayout,
     ctx: &ValidationContext,
 ) -> Result<Event, Rejection> {
@@ -284,13 +298,18 @@ mod tests {
         )
         .unwrap();
         let record = ByteRecord::from(vec!["é", "t", "p", "ty", "pr", "u", "id"]);
+        let ends = field_ends(&record);
         assert_eq!(
-            layout.fields_as_text(&record),
+            layout.fields_as_text(Fields::packed(record.as_slice(), &ends)),
             Some(["id", "u", "pr", "ty", "p", "t"])
         );
         // "é" split across two fields: the whole is valid UTF-8, neither field is.
         let split = ByteRecord::from(vec![&b"\xc3"[..], b"\xa9", b"p", b"ty", b"pr", b"u", b"id"]);
-        assert_eq!(layout.fields_as_text(&split), None);
+        let ends = field_ends(&split);
+        assert_eq!(
+            layout.fields_as_text(Fields::packed(split.as_slice(), &ends)),
+            None
+        );
         assert_eq!(
             parse_record(&split, &layout, &crate::ValidationContext::now())
                 .unwrap_err()

@@ -32,8 +32,8 @@ pub use domain::{
     Event, EventId, EventTimestamp, EventType, Price, ProductId, UserId, ValidationContext,
     DEFAULT_MAX_FUTURE_SKEW,
 };
-pub use layout::{parse_record, ExtraColumnPolicy, HeaderError, HeaderLayout};
+pub use layout::{parse_fields, parse_record, ExtraColumnPolicy, HeaderError, HeaderLayout};
 pub use reader::{EventReader, ParsedRow, ReadError, RowRef};
-pub use records::{RawRecord, RecordReader, DEFAULT_MAX_RECORD_BYTES};
+pub use records::{Fields, RawRecord, RecordReader, DEFAULT_MAX_RECORD_BYTES};
 pub use reject::{RejectReason, Rejection};
 pub use writer::EventWriter;

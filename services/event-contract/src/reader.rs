@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 
 use crate::domain::{Event, ValidationContext};
-use crate::layout::{parse_record, ExtraColumnPolicy, HeaderError, HeaderLayout};
+use crate::layout::{parse_fields, ExtraColumnPolicy, HeaderError, HeaderLayout};
 use crate::records::{RawRecord, RecordReader, DEFAULT_MAX_RECORD_BYTES};
 use crate::reject::{RejectReason, Rejection};
 
@@ -107,7 +107,9 @@ impl<R: Read> EventReader<R> {
             Some(RawRecord::UnterminatedQuote { .. }) => {
                 return Err(HeaderError::UnterminatedQuote.into())
             }
-            Some(RawRecord::Fields { record, .. }) => HeaderLayout::from_header(record, policy)?,
+            Some(RawRecord::Fields { record, .. }) => {
+                HeaderLayout::from_header(record.iter(), policy)?
+            }
         };
         Ok(EventReader {
             records,
@@ -143,7 +145,7 @@ impl<R: Read> EventReader<R> {
             Some(RawRecord::Fields { line, raw, record }) => Some(RowRef {
                 line,
                 raw,
-                outcome: parse_record(record, &self.layout, &self.ctx),
+                outcome: parse_fields(record, &self.layout, &self.ctx),
             }),
             Some(RawRecord::TooLong {
                 line,

@@ -187,7 +187,8 @@ pub async fn load_batch<U: Unit>(
     loading::apply_settings(&tx, settings.conflict_wait).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     // The ids this transaction stored, for its later chunks and files.
-    let mut stored = RecentIds::new(settings.dedup_memory_ids);
+    let expected = usize::try_from(settings.batch_max_rows).unwrap_or(usize::MAX);
+    let mut stored = RecentIds::with_room(settings.dedup_memory_ids, expected);
     let mut rows = 0;
     for unit in batch {
         let Some(current) = std::mem::replace(&mut next, reading.next()) else {

@@ -44,6 +44,16 @@ impl Chunk {
     fn len(&self) -> usize {
         self.events.len() + self.rejections.len()
     }
+
+    /// An empty chunk with room for as many events as `full` holds: the next chunk of a file
+    /// is most likely like the one before, and a vector grown by doubling moves its rows again
+    /// at every step.
+    fn sized_like(full: &Chunk) -> Chunk {
+        Chunk {
+            events: Vec::with_capacity(full.events.len()),
+            rejections: Vec::new(),
+        }
+    }
 }
 
 /// What the reader tells the loader: chunks of rows, then how reading ended.
@@ -155,14 +165,14 @@ fn stream_rows(
                 message: without_nul(rejection.message),
             }),
         }
-        if (chunk.len() >= options.chunk_rows || chunk_bytes >= MAX_CHUNK_BYTES)
-            && tx
-                .blocking_send(ReadMessage::Chunk(std::mem::take(&mut chunk)))
+        if chunk.len() >= options.chunk_rows || chunk_bytes >= MAX_CHUNK_BYTES {
+            let next = Chunk::sized_like(&chunk);
+            if tx
+                .blocking_send(ReadMessage::Chunk(std::mem::replace(&mut chunk, next)))
                 .is_err()
-        {
-            return Ok(None);
-        }
-        if chunk.len() == 0 {
+            {
+                return Ok(None);
+            }
             chunk_bytes = 0;
         }
     }

@@ -241,16 +241,30 @@ pub async fn insert_new(
     let total = events.len() as u64;
     let ids: Vec<Uuid> = events.iter().map(|e| *e.event.event_id.as_uuid()).collect();
     let committed = known.committed.stored(ids.iter());
-    let mut in_chunk = HashSet::with_capacity_and_hasher(events.len(), IdHashing::default());
-    let mut batch: Vec<LineEvent> = events
-        .into_iter()
-        .zip(committed)
-        .filter(|(e, committed)| {
-            let id = e.event.event_id.as_uuid();
-            in_chunk.insert(*id) && !committed && !known.transaction.contains(id)
-        })
-        .map(|(e, _)| e)
-        .collect();
+    // When it always holds a whole chunk's ids, the transaction's memory is the chunk's set of
+    // ids too: an id is remembered when first met, so its repeats are dropped, and none of this
+    // chunk's ids can be pushed out before the chunk ends. Remembered before the COPY, they are
+    // still only ever stored ones: a chunk that fails undoes its file
+    // (`RecentIds::forget_since`) or its whole transaction, whose memory goes with it.
+    let remember_first = known.transaction.holds_at_least() >= events.len();
+    let mut in_chunk = HashSet::with_hasher(IdHashing::default());
+    if !remember_first {
+        in_chunk.reserve(events.len());
+    }
+    // In place: a chunk without duplicates is not moved at all (`retain` visits every row once,
+    // in order, as `committed` was answered).
+    let mut batch = events;
+    let mut committed = committed.into_iter();
+    batch.retain(|e| {
+        let id = e.event.event_id.as_uuid();
+        let first = if remember_first {
+            known.transaction.insert(*id)
+        } else {
+            in_chunk.insert(*id) && !known.transaction.contains(id)
+        };
+        let committed = committed.next().unwrap_or(false);
+        first && !committed
+    });
     let unique = batch.len();
     let mut looked_up = dedup.probe_first;
     if looked_up {
@@ -268,8 +282,10 @@ pub async fn insert_new(
                     .await
                     .context("cannot release the chunk savepoint")?;
                 dedup.probe_first = batch.len() < unique;
-                for id in ids {
-                    known.transaction.insert(id);
+                if !remember_first {
+                    for id in ids {
+                        known.transaction.insert(id);
+                    }
                 }
                 return Ok(ChunkInserted {
                     accepted: written,

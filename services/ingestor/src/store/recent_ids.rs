@@ -28,11 +28,26 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use uuid::Uuid;
 
-/// A set of at most `capacity` ids; inserting into a full set evicts the oldest.
+/// A set of at most `capacity` ids that always holds the newest [`RecentIds::holds_at_least`]
+/// of them.
+///
+/// Ids are kept in two generations rather than evicted one by one: a new id joins the newer
+/// set, and once that holds a generation's worth, the older set is emptied and the two swap.
+/// Evicting the oldest id at each insert cost a removal from the set per id (with its probe
+/// to a long-untouched, uncached slot, and the tombstones that make the set rehash itself
+/// now and then), the largest share of the memories' cost; emptying a set at once costs a
+/// few kilobytes of memset per generation.
 #[derive(Debug, Default)]
 pub struct RecentIds {
+    /// Ids remembered since the last swap (fewer than a generation).
+    newer: HashSet<Uuid, IdHashing>,
+    /// The generation before.
+    older: HashSet<Uuid, IdHashing>,
+    /// Every remembered id, oldest first: `older`'s, then `newer`'s.
     order: VecDeque<Uuid>,
-    set: HashSet<Uuid, IdHashing>,
+    /// Ids per generation: `(capacity + 1) / 2`, so that both together (at most a generation
+    /// and one id short of another) stay within the capacity.
+    generation: usize,
     capacity: usize,
     /// Ids ever appended to `order`: where a [`Mark`] points.
     appended: u64,
@@ -45,31 +60,54 @@ pub struct Mark(u64);
 impl RecentIds {
     /// An empty set remembering at most `capacity` ids (0 remembers nothing).
     pub fn new(capacity: usize) -> Self {
+        RecentIds::with_room(capacity, 0)
+    }
+
+    /// Like [`RecentIds::new`], with room made at once for the first `expected` ids: a set
+    /// that will fill spares itself growing by doubling, each step rehashing every id.
+    pub fn with_room(capacity: usize, expected: usize) -> Self {
+        let generation = capacity.div_ceil(2);
+        let room = expected.min(generation);
         RecentIds {
-            order: VecDeque::new(),
-            set: HashSet::default(),
+            newer: HashSet::with_capacity_and_hasher(room, IdHashing::default()),
+            older: HashSet::with_hasher(IdHashing::default()),
+            order: VecDeque::with_capacity(room),
+            generation,
             capacity,
             appended: 0,
         }
     }
 
-    /// Whether `id` is remembered.
-    pub fn contains(&self, id: &Uuid) -> bool {
-        self.set.contains(id)
+    /// How many ids it remembers at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
-    /// Remembers `id`, evicting the oldest id when full.
-    pub fn insert(&mut self, id: Uuid) {
-        if self.capacity == 0 || !self.set.insert(id) {
-            return;
+    /// How many of the newest ids are always remembered (those inserted since may have pushed
+    /// older ones out): a generation.
+    pub fn holds_at_least(&self) -> usize {
+        self.generation
+    }
+
+    /// Whether `id` is remembered.
+    pub fn contains(&self, id: &Uuid) -> bool {
+        self.newer.contains(id) || self.older.contains(id)
+    }
+
+    /// Remembers `id`; false when it was remembered already (and for any id when the capacity
+    /// is 0).
+    pub fn insert(&mut self, id: Uuid) -> bool {
+        if self.generation == 0 || self.older.contains(&id) || !self.newer.insert(id) {
+            return false;
         }
         self.order.push_back(id);
         self.appended += 1;
-        if self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.set.remove(&oldest);
-            }
+        if self.newer.len() >= self.generation {
+            self.order.drain(..self.older.len());
+            self.older.clear();
+            std::mem::swap(&mut self.newer, &mut self.older);
         }
+        true
     }
 
     /// Where the memory stands now.
@@ -78,12 +116,14 @@ impl RecentIds {
     }
 
     /// Forgets the ids remembered since `mark` (their rows were rolled back). They are the
-    /// newest ones, so they are at the back; those already evicted are gone anyway.
+    /// newest ones, so they are at the back; those already pushed out are gone anyway.
     pub fn forget_since(&mut self, mark: Mark) {
         let since = self.appended.saturating_sub(mark.0);
         for _ in 0..since.min(self.order.len() as u64) {
             if let Some(id) = self.order.pop_back() {
-                self.set.remove(&id);
+                if !self.newer.remove(&id) {
+                    self.older.remove(&id);
+                }
             }
         }
         self.appended = self.appended.min(mark.0);
@@ -131,7 +171,7 @@ impl CommittedIds {
     /// while this process could not prove it was running, see `store::presence`).
     pub fn forget_all(&self) {
         let mut memory = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        *memory = RecentIds::new(memory.capacity);
+        *memory = RecentIds::new(memory.capacity());
     }
 
     /// Remembers ids whose transaction has committed.
@@ -291,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_repeated_id_takes_one_place() {
-        let mut recent = RecentIds::new(2);
+        let mut recent = RecentIds::new(4);
         recent.insert(id(1));
         recent.insert(id(1));
         recent.insert(id(2));
