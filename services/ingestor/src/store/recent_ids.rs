@@ -330,6 +330,27 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_half_is_always_remembered_and_never_more_than_the_capacity() {
+        for capacity in 1..12 {
+            let mut recent = RecentIds::new(capacity);
+            for n in 0..50u128 {
+                recent.insert(id(n));
+                assert!(
+                    recent.len() <= capacity,
+                    "capacity {capacity}, {n} inserted"
+                );
+                let newest = (n + 1).saturating_sub(recent.holds_at_least() as u128);
+                assert!(
+                    (newest..=n).all(|k| recent.contains(&id(k))),
+                    "capacity {capacity}: the newest {} of {n} kept",
+                    recent.holds_at_least()
+                );
+                assert!(recent.holds_at_least() * 2 >= capacity);
+            }
+        }
+    }
+
+    #[test]
     fn a_repeated_id_takes_one_place() {
         let mut recent = RecentIds::new(4);
         recent.insert(id(1));
