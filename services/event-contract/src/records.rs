@@ -22,7 +22,6 @@
 //! (`the_fast_path_reads_exactly_what_csv_core_reads` compares them on random input).
 
 use std::io::{self, Read};
-
 use std::ops::Range;
 
 use csv_core::ReadRecordResult;
