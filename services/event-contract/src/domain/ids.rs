@@ -94,6 +94,7 @@ const MAX_DIGITS_WITHOUT_OVERFLOW: usize = 18;
 fn parse_positive(raw: &str, column: Column) -> Result<i64, Rejection> {
     require(raw, column)?;
     let bad = |why: &str| Rejection::field(RejectReason::BadInteger, column, raw, why);
+    let not_digits = || bad("not a positive integer (digits only)");
     // `i64::from_str` accepts a leading `+`; the contract wants digits only.
     // One pass over the digits (this runs twice per row); a non-digit anywhere is reported
     // before an overflow, as when the digits were checked first and then parsed.
@@ -107,7 +108,7 @@ fn parse_positive(raw: &str, column: Column) -> Result<i64, Rejection> {
         let mut value = Some(0i64);
         for byte in raw.bytes() {
             if !byte.is_ascii_digit() {
-                return Err(bad("not a positive integer (digits only)"));
+                return Err(not_digits());
             }
             value = value
                 .and_then(|v| v.checked_mul(10))
@@ -115,7 +116,7 @@ fn parse_positive(raw: &str, column: Column) -> Result<i64, Rejection> {
         }
         Some(value.ok_or_else(|| bad("out of range for a 64-bit integer"))?)
     };
-    let value = value.ok_or_else(|| bad("not a positive integer (digits only)"))?;
+    let value = value.ok_or_else(not_digits)?;
     if value == 0 {
         return Err(bad("must be greater than zero"));
     }

@@ -116,17 +116,13 @@ fn put_numeric(buf: &mut BytesMut, value: &Decimal) {
         }
         // Below 2^106 < 10^32: at most 8 base-10000 digits, least significant first. A price
         // fits 64 bits, whose division by a constant is a multiplication; a u128's is a call.
-        if let Ok(mut small) = u64::try_from(mantissa) {
-            while small != 0 && count < digits.len() {
-                digits[count] = (small % 10_000) as i16;
-                small /= 10_000;
-                count += 1;
-            }
-            mantissa = 0;
-        }
         while mantissa != 0 && count < digits.len() {
-            digits[count] = (mantissa % 10_000) as i16;
-            mantissa /= 10_000;
+            let (rest, digit) = match u64::try_from(mantissa) {
+                Ok(small) => (u128::from(small / 10_000), small % 10_000),
+                Err(_) => (mantissa / 10_000, (mantissa % 10_000) as u64),
+            };
+            digits[count] = digit as i16;
+            mantissa = rest;
             count += 1;
         }
         digits[..count].reverse();

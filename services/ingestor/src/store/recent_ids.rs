@@ -45,9 +45,6 @@ pub struct RecentIds {
     older: HashSet<Uuid, IdHashing>,
     /// Every remembered id, oldest first: `older`'s, then `newer`'s.
     order: VecDeque<Uuid>,
-    /// Ids per generation: `(capacity + 1) / 2`, so that both together (at most a generation
-    /// and one id short of another) stay within the capacity.
-    generation: usize,
     capacity: usize,
     /// Ids ever appended to `order`: where a [`Mark`] points.
     appended: u64,
@@ -66,13 +63,11 @@ impl RecentIds {
     /// Like [`RecentIds::new`], with room made at once for the first `expected` ids: a set
     /// that will fill spares itself growing by doubling, each step rehashing every id.
     pub fn with_room(capacity: usize, expected: usize) -> Self {
-        let generation = capacity.div_ceil(2);
-        let room = expected.min(generation);
+        let room = expected.min(capacity.div_ceil(2));
         RecentIds {
             newer: HashSet::with_capacity_and_hasher(room, IdHashing::default()),
             older: HashSet::with_hasher(IdHashing::default()),
             order: VecDeque::with_capacity(room),
-            generation,
             capacity,
             appended: 0,
         }
@@ -84,9 +79,10 @@ impl RecentIds {
     }
 
     /// How many of the newest ids are always remembered (those inserted since may have pushed
-    /// older ones out): a generation.
+    /// older ones out): a generation's worth, `(capacity + 1) / 2`, so that both generations
+    /// together (at most one and one id short of another) stay within the capacity.
     pub fn holds_at_least(&self) -> usize {
-        self.generation
+        self.capacity.div_ceil(2)
     }
 
     /// Whether `id` is remembered.
@@ -97,12 +93,12 @@ impl RecentIds {
     /// Remembers `id`; false when it was remembered already (and for any id when the capacity
     /// is 0).
     pub fn insert(&mut self, id: Uuid) -> bool {
-        if self.generation == 0 || self.older.contains(&id) || !self.newer.insert(id) {
+        if self.capacity == 0 || self.older.contains(&id) || !self.newer.insert(id) {
             return false;
         }
         self.order.push_back(id);
         self.appended += 1;
-        if self.newer.len() >= self.generation {
+        if self.newer.len() >= self.holds_at_least() {
             self.order.drain(..self.older.len());
             self.older.clear();
             std::mem::swap(&mut self.newer, &mut self.older);
